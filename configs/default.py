@@ -1,0 +1,80 @@
+"""Default config: a small ADM UNet on an embedded offline dataset, a meaningful run in minutes on 2 CPU cores.
+
+Every other config imports `get_config` from here and overrides what differs, so this file names every field.
+Choose the weighting and the target by override, e.g. `--config.loss.weighting=constant --config.loss.target=v`.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = data = ml_collections.ConfigDict()
+  data.source = "embedded"        # embedded | tfds | folder
+  data.name = "digits"            # embedded: digits | photo_patches | gmm; tfds: a dataset name; folder: unused
+  data.split = "train"
+  data.data_dir = ""              # tfds data_dir, or the image folder
+  data.image_size = 16
+  data.channels = 1
+  data.num_classes = 0            # > 0: labels are fed to a class-conditional model
+  data.random_flip = False        # digits are not symmetric
+  data.shuffle_buffer = 10_000
+
+  config.model = model = ml_collections.ConfigDict()
+  model.model_channels = 32
+  model.channel_mult = ()         # () = ADM's choice for the image size
+  model.num_res_blocks = 1
+  model.attention_resolutions = (8,)
+  model.num_heads = 1
+  model.num_head_channels = -1    # > 0 overrides num_heads with channels // num_head_channels
+  model.use_scale_shift_norm = True
+  model.resblock_updown = True
+  model.dropout = 0.0
+  model.learn_sigma = True
+  model.dtype = "float32"         # compute dtype; params stay float32 ("bfloat16" for TPU/GPU)
+  model.remat = False             # gradient checkpointing of UNet blocks
+
+  config.diffusion = diffusion = ml_collections.ConfigDict()
+  diffusion.schedule = "linear"   # linear | cosine
+  diffusion.num_timesteps = 1000
+
+  config.loss = loss = ml_collections.ConfigDict()
+  loss.target = "eps"             # eps | x0 | v
+  loss.weighting = "debias"       # constant | debias | snr | p2 | min_snr
+  loss.p2_k = 1.0
+  loss.p2_gamma = 1.0
+  loss.min_snr_gamma = 5.0
+  loss.snr_clamp = 0.0            # > 0: weights see SNR clipped to [1/clamp, clamp]
+  loss.normalize_weights = False  # scale eps-space weights to mean 1 over t (the authors did not)
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.learning_rate = 2e-4
+  optim.weight_decay = 0.0
+  optim.b1 = 0.9
+  optim.b2 = 0.999
+  optim.eps = 1e-8
+  optim.warmup_steps = 0
+  optim.grad_clip_norm = 0.0      # > 0: clip the global gradient norm
+
+  config.ema_rates = (0.999,)     # the first rate's params are used for sampling and evaluation
+
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 64           # global, over all devices and hosts
+  train.num_steps = 3000
+  train.steps_per_call = 1        # > 1: several steps per jitted call (lax.scan), for small models
+  train.log_every = 100
+  train.sample_every = 1000
+  train.checkpoint_every = 1000
+  train.keep_checkpoints = 3
+
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.sampler = "ddim"       # ddpm | ddim | dpm_solver++ | dpm_solver | unipc ...
+  sampling.steps = "50"           # an int or a respacing string ("100", "ddim50", "10,15,20")
+  sampling.clip_x0 = True
+  sampling.eta = 0.0
+  sampling.num_samples = 64
+  sampling.batch_size = 64
+  sampling.use_ema = True
+  return config

@@ -1,0 +1,1 @@
+"""debias_jax: loss weightings for diffusion models (Unmasking Bias in Diffusion Model Training, ECCV 2024)."""
