@@ -1,0 +1,170 @@
+"""TFDS source: any image dataset already prepared in a local data_dir, read by index. Nothing is downloaded.
+
+Why random access rather than a tf.data stream: the pipeline picks the examples of every batch from (seed, step)
+alone, which makes resumption exact (the training loop checkpoints only the step), lets each host read only its
+own slice, and makes a multi-host global batch identical to a single-host one. A shuffle-buffer stream can do
+none of this without replaying the stream. Two backends give random access:
+
+- `tfds.data_source` (array_record files; `array_record` comes with tensorflow-datasets on Linux): reads and
+  decodes only the requested records, for datasets of any size. Prepare with `--file_format=array_record`, or
+  convert an existing tfrecord copy with `tfds convert_format`.
+- in memory: a dataset prepared in the default tfrecord format is read once with tf.data, resized and kept as
+  uint8 (CIFAR-10 at 32 px: 150 MB). Refused above data.tfds_max_in_memory_gb (default 8) with the command that
+  converts it. Every host loads the whole split in this mode.
+
+data.tfds_access = "auto" (array_record when available, else memory) | "random_access" | "in_memory".
+TensorFlow is hidden from all GPUs before any tf.data use, so it never takes accelerator memory from JAX.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import os
+
+import numpy as np
+
+from debias_jax.data import base
+from debias_jax.data import images as images_lib
+
+ACCESS_MODES = ("auto", "random_access", "in_memory")
+
+
+def import_tensorflow_datasets():
+  """Imports TF and tfds with TensorFlow kept off every GPU (it would otherwise grab accelerator memory)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:   # TF devices already initialised by someone else; check it is still GPU-free
+    if tf.config.get_visible_devices("GPU"):
+      logging.warning("TensorFlow was initialised with visible GPUs before the data pipeline could hide them.")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tf, tfds
+
+
+def _prepare_hint(name: str, data_dir: str) -> str:
+  return (f"Prepare it once, on a machine with internet access, with\n"
+          f"  tfds build {name} --data_dir={data_dir} --file_format=array_record\n"
+          f"or in Python: tfds.builder({name!r}, data_dir={data_dir!r}, file_format='array_record')"
+          f".download_and_prepare()\n"
+          f"(datasets that need a manual download also take --manual_dir). array_record gives random access for "
+          f"any dataset size; the default tfrecord format works too but is loaded into memory.")
+
+
+class TfdsSource(base.Source):
+  """A split of a prepared TFDS image dataset, ADM-resized to image_size when its images differ in size."""
+
+  def __init__(self, name: str, split: str, data_dir: str, image_size: int, channels: int, *, access: str = "auto",
+               image_key: str = "image", label_key: str = "label", max_in_memory_gb: float = 8.0):
+    if access not in ACCESS_MODES:
+      raise ValueError(f"Unknown data.tfds_access={access!r}; valid: {', '.join(ACCESS_MODES)}.")
+    if not data_dir:
+      raise ValueError("data.data_dir is empty: set it to the local TFDS data_dir that holds the prepared "
+                       f"dataset.\n{_prepare_hint(name, '/path/to/tensorflow_datasets')}")
+    _, tfds = import_tensorflow_datasets()
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+      raise ValueError(f"data.name={name!r} is not a TFDS dataset known to this tensorflow-datasets install, "
+                       f"nor found in data.data_dir={data_dir!r}. See `tfds.list_builders()` for valid names.") from e
+    if not builder.is_prepared():
+      raise FileNotFoundError(f"TFDS dataset {name!r} is not prepared in data.data_dir={data_dir!r} (expected "
+                              f"{builder.data_dir}). Nothing is downloaded at run time.\n{_prepare_hint(name, data_dir)}")
+    info = builder.info
+    features = info.features
+    if image_key not in features:
+      raise ValueError(f"TFDS dataset {name!r} has no feature {image_key!r} (data.image_key); its features are "
+                       f"{sorted(features.keys())}.")
+    image_feature = features[image_key]
+    if not isinstance(image_feature, tfds.features.Image):
+      raise ValueError(f"Feature {image_key!r} of {name!r} is a {type(image_feature).__name__}, not an Image.")
+    if np.dtype(image_feature.np_dtype) != np.uint8:
+      raise ValueError(f"Only uint8 images are supported; {name!r}/{image_key} is {image_feature.np_dtype}.")
+    if image_feature.shape[-1] != channels:
+      raise ValueError(f"data.channels={channels}, but {name!r} has {image_feature.shape[-1]}-channel images; "
+                       f"set data.channels={image_feature.shape[-1]}.")
+    valid_splits = sorted(info.splits.keys())
+    if _base_split_names(split) - set(valid_splits):
+      raise ValueError(f"data.split={split!r} is not a split of {name!r}; valid: {', '.join(valid_splits)} "
+                       "(TFDS slicing such as 'train[:90%]' is allowed).")
+    self.name, self.split, self.image_key = name, split, image_key
+    self.image_shape = (image_size, image_size, channels)
+    self.num_examples = int(info.splits[split].num_examples)
+    label_feature = features[label_key] if label_key in features else None
+    if isinstance(label_feature, tfds.features.ClassLabel):
+      self.label_key, self.num_classes, self.label_names = label_key, label_feature.num_classes, label_feature.names
+    else:
+      self.label_key, self.num_classes, self.label_names = None, 0, None
+    random_access = bool(info.available_file_formats() & tfds.core.file_adapters.FileFormat.with_random_access())
+    if access == "auto":
+      access = "random_access" if random_access else "in_memory"
+    self.access = access
+    if access == "random_access":
+      try:
+        self._data = builder.as_data_source(split)
+      except NotImplementedError as e:
+        raise ValueError(
+            f"data.tfds_access='random_access', but {name!r} in {builder.data_dir} is stored as "
+            f"{sorted(f.value for f in info.available_file_formats())}. Convert it with\n"
+            f"  tfds convert_format --dataset_version_dir={builder.data_dir} --out_file_format=array_record\n"
+            "or set data.tfds_access='auto'.") from e
+      self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1),
+                                                         thread_name_prefix="tfds_read")
+      self.lazy = True
+    else:
+      nbytes = self.num_examples * math.prod(self.image_shape)
+      if nbytes > max_in_memory_gb * 2**30:
+        raise ValueError(
+            f"TFDS dataset {name!r} split {split!r} needs {nbytes / 2**30:.1f} GiB in memory, more than "
+            f"data.tfds_max_in_memory_gb={max_in_memory_gb}. Give it random access instead: convert it with\n"
+            f"  tfds convert_format --dataset_version_dir={builder.data_dir} --out_file_format=array_record\n"
+            "or raise data.tfds_max_in_memory_gb.")
+      self._images, self._labels = self._load_in_memory(builder)
+      self.lazy = False
+
+  def _load_in_memory(self, builder):
+    logging.info("tfds: loading %s[%s] (%d examples) into memory.", self.name, self.split, self.num_examples)
+    ds = builder.as_dataset(split=self.split, shuffle_files=False)
+    images = np.zeros((self.num_examples,) + self.image_shape, np.uint8)
+    labels = np.zeros(self.num_examples, np.int32)
+    count = 0
+    for example in ds.as_numpy_iterator():
+      if count >= self.num_examples:
+        raise ValueError(f"TFDS {self.name}[{self.split}] yielded more than its recorded {self.num_examples} examples.")
+      images[count] = self._resize(example[self.image_key])
+      if self.label_key:
+        labels[count] = example[self.label_key]
+      count += 1
+    if count != self.num_examples:
+      raise ValueError(f"TFDS {self.name}[{self.split}] yielded {count} examples, not its recorded {self.num_examples}.")
+    return images, labels
+
+  def _resize(self, image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+      image = image[..., None]
+    return images_lib.resize_array(image, self.image_shape[0])
+
+  def read(self, indices):
+    indices = np.asarray(indices)
+    if not self.lazy:
+      return images_lib.uint8_to_float(self._images[indices]), self._labels[indices]
+    # One record per call from a thread pool: array_record readers are thread-safe and tfds decodes (PIL/OpenCV)
+    # inside __getitem__, so decoding runs in parallel.
+    examples = list(self._pool.map(self._data.__getitem__, indices.tolist()))
+    images = np.zeros((len(indices),) + self.image_shape, np.uint8)
+    labels = np.zeros(len(indices), np.int32)
+    for i, example in enumerate(examples):
+      images[i] = self._resize(np.asarray(example[self.image_key]))
+      if self.label_key:
+        labels[i] = example[self.label_key]
+    return images_lib.uint8_to_float(images), labels
+
+  def info(self):
+    return {"tfds_access": self.access}
+
+
+def _base_split_names(split: str) -> set[str]:
+  """'train[:90%]+test' -> {'train', 'test'}."""
+  return {part.split("[", 1)[0].strip() for part in split.split("+")}
+
