@@ -17,6 +17,7 @@ values fall outside it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -96,20 +97,19 @@ class GaussianMixture:
     eigvals = jnp.asarray(self.eigvals, dtype)
     noise_var = jnp.asarray(self.noise_var, dtype)
     a = jnp.sqrt(alpha_bar)[:, None]                                    # (B, 1)
-    one_minus = (1.0 - alpha_bar)[:, None]
-    delta = alpha_bar[:, None] * noise_var[None] + one_minus           # (B, K) variance off the basis
+    delta = alpha_bar[:, None] * noise_var[None] + (1.0 - alpha_bar)[:, None]   # (B, K) variance off the basis
     along = alpha_bar[:, None, None] * eigvals[None] + delta[..., None]  # (B, K, r) variance along the basis
     y = x_t[:, None, :] - a[..., None] * means[None]                   # (B, K, D)
     proj = jnp.einsum("bkd,kdr->bkr", y, basis, precision=_HIGHEST)    # Q^T y
-    y_perp_sq = jnp.sum(y * y, axis=-1) - jnp.sum(proj * proj, axis=-1)
-    quad = jnp.sum(proj * proj / along, axis=-1) + y_perp_sq / delta
+    y_perp = y - jnp.einsum("bkr,kdr->bkd", proj, basis, precision=_HIGHEST)
+    quad = jnp.sum(proj * proj / along, axis=-1) + jnp.sum(y_perp * y_perp, axis=-1) / delta
     logdet = jnp.sum(jnp.log(along), axis=-1) + (self.dim - self.rank) * jnp.log(delta)
     log_normal = -0.5 * (quad + logdet + self.dim * math.log(2 * math.pi))
-    # z = C^{-1} y;  E[x0 | x_t, k] = mu + a Sigma z  with  Sigma = Q lam Q^T + sigma^2 I.
-    z_proj = proj / along
-    z = y / delta[..., None] + jnp.einsum("bkr,kdr->bkd", z_proj - proj / delta[..., None], basis, precision=_HIGHEST)
-    sigma_z = (jnp.einsum("bkr,kdr->bkd", eigvals[None] * jnp.einsum("bkd,kdr->bkr", z, basis, precision=_HIGHEST),
-                          basis, precision=_HIGHEST) + noise_var[None, :, None] * z)
+    # E[x0 | x_t, k] = mu + a Sigma C^{-1} y, with C^{-1} y = Q (proj / along) + y_perp / delta and
+    # Sigma = Q lam Q^T + sigma^2 I, so Sigma C^{-1} y = Q ((lam + sigma^2) proj / along) + sigma^2 y_perp / delta.
+    low = (eigvals[None] + noise_var[None, :, None]) * proj / along
+    sigma_z = (jnp.einsum("bkr,kdr->bkd", low, basis, precision=_HIGHEST)
+               + (noise_var[None] / delta)[..., None] * y_perp)
     return log_normal, means[None] + a[..., None] * sigma_z
 
   def _prepare(self, x, alpha_bar):
@@ -125,26 +125,19 @@ class GaussianMixture:
 
   def marginal_log_prob(self, x_t, alpha_bar):
     """Exact log density of x_t = sqrt(ab) x0 + sqrt(1 - ab) eps; x_t (..., H, W, C), alpha_bar broadcastable."""
-    flat, ab, batch_shape = self._prepare(x_t, alpha_bar)
-    log_normal, _ = self._components(flat, ab)
-    log_w = jnp.log(jnp.asarray(self.weights, flat.dtype))
-    return jax.nn.logsumexp(log_normal + log_w, axis=-1).reshape(batch_shape)
+    return _marginal_log_prob(self, x_t, alpha_bar)
 
   def log_prob(self, x):
     """Exact log p(x0) of clean images (..., H, W, C)."""
-    return self.marginal_log_prob(x, 1.0)
+    return _marginal_log_prob(self, x, 1.0)
 
   def posterior_mean(self, x_t, alpha_bar):
     """E[x0 | x_t] for x_t = sqrt(ab) x0 + sqrt(1 - ab) eps: the optimal x0 prediction at that noise level.
 
     x_t: (..., H, W, C); alpha_bar: scalar or per example (broadcastable to the batch shape), e.g.
-    `schedule.alphas_cumprod[t]`. Returns the shape and float dtype of x_t. Jittable.
+    `schedule.alphas_cumprod[t]`. Returns the shape and float dtype of x_t. Jitted (and jittable inside a caller).
     """
-    flat, ab, batch_shape = self._prepare(x_t, alpha_bar)
-    log_normal, cond_means = self._components(flat, ab)
-    resp = jax.nn.softmax(log_normal + jnp.log(jnp.asarray(self.weights, flat.dtype)), axis=-1)
-    mean = jnp.einsum("bk,bkd->bd", resp, cond_means, precision=_HIGHEST)
-    return mean.reshape(batch_shape + self.shape)
+    return _posterior_mean(self, x_t, alpha_bar)
 
   def posterior_eps(self, x_t, alpha_bar):
     """E[eps | x_t] = (x_t - sqrt(ab) E[x0 | x_t]) / sqrt(1 - ab): the optimal eps prediction (ab < 1)."""
@@ -152,6 +145,23 @@ class GaussianMixture:
     x0 = self.posterior_mean(x_t, alpha_bar)
     ab = jnp.asarray(alpha_bar, x0.dtype).reshape(jnp.shape(alpha_bar) + (1, 1, 1))
     return (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
+
+
+# Compiled once per mixture (hashed by identity) and input shape.
+@functools.partial(jax.jit, static_argnums=0)
+def _marginal_log_prob(mixture: GaussianMixture, x_t, alpha_bar):
+  flat, ab, batch_shape = mixture._prepare(x_t, alpha_bar)  # pylint: disable=protected-access
+  log_normal, _ = mixture._components(flat, ab)  # pylint: disable=protected-access
+  log_w = jnp.log(jnp.asarray(mixture.weights, flat.dtype))
+  return jax.nn.logsumexp(log_normal + log_w, axis=-1).reshape(batch_shape)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _posterior_mean(mixture: GaussianMixture, x_t, alpha_bar):
+  flat, ab, batch_shape = mixture._prepare(x_t, alpha_bar)  # pylint: disable=protected-access
+  log_normal, cond_means = mixture._components(flat, ab)  # pylint: disable=protected-access
+  resp = jax.nn.softmax(log_normal + jnp.log(jnp.asarray(mixture.weights, flat.dtype)), axis=-1)
+  return jnp.einsum("bk,bkd->bd", resp, cond_means, precision=_HIGHEST).reshape(batch_shape + mixture.shape)
 
 
 def make_gmm(image_size: int = 8, channels: int = 3, num_components: int = 8, rank: int = 6,
