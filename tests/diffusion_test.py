@@ -290,6 +290,14 @@ class GaussianTermsTest(parameterized.TestCase):
     formula = np.where(x < -0.999, np.log(upper), np.where(x > 0.999, np.log(1 - lower), np.log(upper - lower)))
     np.testing.assert_allclose(got, formula, rtol=1e-4)
 
+  def test_discretized_gaussian_keeps_its_far_tail_in_float32(self):
+    # A bin 5 to 6 standard deviations above the mean: 1 - F cancels in float32 unless computed as F(-z).
+    x, mean, scale = 0.09019608, 0.04263878, 0.008694043
+    approx = lambda z: 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3)))
+    exact = np.log(approx((x - mean + 1 / 255) / scale) - approx((x - mean - 1 / 255) / scale))
+    got = reverse.discretized_gaussian_log_likelihood(jnp.float32(x), jnp.float32(mean), jnp.log(jnp.float32(scale)))
+    self.assertAlmostEqual(float(got), exact, delta=1e-3 * abs(exact))
+
   def test_vb_terms_use_kl_except_at_step_zero(self):
     x0 = jnp.full((2, 2, 2, 1), 0.2)
     x_t = jnp.full((2, 2, 2, 1), 0.1)

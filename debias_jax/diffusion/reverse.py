@@ -9,6 +9,7 @@ Variance types (guided-diffusion's names):
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -79,20 +80,27 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
 
 
 def _approx_standard_normal_cdf(x):
-  """The tanh approximation of the standard normal CDF that guided-diffusion's decoder uses."""
-  return 0.5 * (1.0 + jnp.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+  """guided-diffusion's tanh approximation of the normal CDF, (1 + tanh(u)) / 2 with
+  u = sqrt(2/pi) (x + 0.044715 x^3), written as the identical sigmoid(2u), which keeps its tails in float32."""
+  return jax.nn.sigmoid(2.0 * np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3))
 
 
 def discretized_gaussian_log_likelihood(x, means, log_scales):
-  """log P(x) of 8-bit data scaled to [-1, 1] under a Gaussian integrated over each pixel's bin (nats)."""
+  """log P(x) of 8-bit data scaled to [-1, 1] under a Gaussian integrated over each pixel's bin (nats).
+
+  The approximate CDF F satisfies 1 - F(z) = F(-z), so the mass of a bin above the mean is taken as
+  F(-lower) - F(-upper): the same number as F(upper) - F(lower), without float32 cancellation near F = 1.
+  """
   centered = x - means
   inv_stdv = jnp.exp(-log_scales)
-  cdf_plus = _approx_standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
-  cdf_min = _approx_standard_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
-  log_cdf_plus = jnp.log(jnp.maximum(cdf_plus, 1e-12))
-  log_one_minus_cdf_min = jnp.log(jnp.maximum(1.0 - cdf_min, 1e-12))
-  log_cdf_delta = jnp.log(jnp.maximum(cdf_plus - cdf_min, 1e-12))
-  return jnp.where(x < -0.999, log_cdf_plus, jnp.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
+  upper = inv_stdv * (centered + 1.0 / 255.0)
+  lower = inv_stdv * (centered - 1.0 / 255.0)
+  cdf = _approx_standard_normal_cdf
+  log_cdf_upper = jnp.log(jnp.maximum(cdf(upper), 1e-12))
+  log_one_minus_cdf_lower = jnp.log(jnp.maximum(cdf(-lower), 1e-12))
+  bin_mass = jnp.where(centered > 0, cdf(-lower) - cdf(-upper), cdf(upper) - cdf(lower))
+  log_bin_mass = jnp.log(jnp.maximum(bin_mass, 1e-12))
+  return jnp.where(x < -0.999, log_cdf_upper, jnp.where(x > 0.999, log_one_minus_cdf_lower, log_bin_mass))
 
 
 def mean_over_pixels(x):
