@@ -8,3 +8,4 @@ from debias_jax.data.pipeline import create_source
 from debias_jax.data.pipeline import create_train_iterator
 from debias_jax.data.pipeline import dataset_info
 from debias_jax.data.pipeline import get_gmm
+from debias_jax.data.tfds_source import hide_gpus_from_tensorflow

@@ -36,7 +36,7 @@ class ArraySource(Source):
   """A dataset held in memory: uint8 images (scaled on read) or float32 images already in [-1, 1]."""
 
   def __init__(self, images: np.ndarray, labels: np.ndarray | None = None, num_classes: int = 0,
-               label_names: Sequence[str] | None = None):
+               label_names: Sequence[str] | None = None, extra_info: dict[str, Any] | None = None):
     if images.ndim != 4:
       raise ValueError(f"Expected images of shape (N, H, W, C), got {images.shape}.")
     if images.dtype not in (np.uint8, np.float32):
@@ -49,6 +49,10 @@ class ArraySource(Source):
     self.image_shape = tuple(images.shape[1:])
     self.num_classes = num_classes
     self.label_names = label_names
+    self._extra_info = dict(extra_info or {})
+
+  def info(self):
+    return self._extra_info
 
   def read(self, indices):
     images = self.images[indices]

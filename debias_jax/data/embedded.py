@@ -107,9 +107,7 @@ def create_embedded_source(data_config, name: str, split: str, image_size: int) 
     mixture = gmm_from_config(data_config)
     images, labels = _gmm_samples(mixture, split, int(data_config.get("gmm_num_train", 20_000)),
                                   int(data_config.get("gmm_num_test", 10_000)), int(data_config.get("gmm_seed", 0)))
-    source = base.ArraySource(images, labels, num_classes=mixture.num_components)
-    source.info = lambda: {"gmm": mixture}
-    return source
+    return base.ArraySource(images, labels, num_classes=mixture.num_components, extra_info={"gmm": mixture})
   raise ValueError(f"Unknown embedded dataset {name!r}.")
 
 

@@ -31,14 +31,25 @@ from debias_jax.data import images as images_lib
 ACCESS_MODES = ("auto", "random_access", "in_memory")
 
 
-def import_tensorflow_datasets():
-  """Imports TF and tfds with TensorFlow kept off every GPU (it would otherwise grab accelerator memory)."""
+def hide_gpus_from_tensorflow():
+  """Makes every GPU invisible to TensorFlow, so tf.data and TF-based writers never take accelerator memory.
+
+  Must run before anything initialises TF's devices (e.g. a clu metric writer creating a TF summary writer):
+  call it at program start. Returns the tensorflow module.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:   # TF devices already initialised by someone else; check it is still GPU-free
     if tf.config.get_visible_devices("GPU"):
-      logging.warning("TensorFlow was initialised with visible GPUs before the data pipeline could hide them.")
+      logging.warning("TensorFlow was initialised with visible GPUs before the data pipeline could hide them; "
+                      "call debias_jax.data.hide_gpus_from_tensorflow() at program start.")
+  return tf
+
+
+def import_tensorflow_datasets():
+  """Imports TF and tfds with TensorFlow kept off every GPU (it would otherwise grab accelerator memory)."""
+  tf = hide_gpus_from_tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return tf, tfds
 
