@@ -178,6 +178,11 @@ class TrainIteratorTest(parameterized.TestCase):
       np.testing.assert_array_equal(a["image"], b["image"])
       np.testing.assert_array_equal(a["label"], b["label"])
 
+  def test_process_defaults_come_from_jax(self):
+    config = data_config(**GMM)
+    implicit = next(data.create_train_iterator(config, global_batch_size=8, seed=3))    # jax: process 0 of 1
+    np.testing.assert_array_equal(implicit["image"], next(self.iterator(config))["image"])
+
   def test_seed_changes_order(self):
     a = next(self.iterator(data_config(), seed=0))
     b = next(self.iterator(data_config(), seed=1))
