@@ -340,16 +340,20 @@ def _save(workdir: str, config, params) -> None:
   save(workdir, config, params)
 
 
+def run(config, checkpoint: str, workdir: str) -> dict:
+  """Convert `checkpoint` for `config` and write it to `workdir`; returns the params."""
+  params = convert_file(checkpoint, config)
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  print(f"Converted {checkpoint}: {count:,} parameters.")
+  _save(workdir, config, params)
+  print(f"Wrote the converted checkpoint to {workdir}.")
+  return params
+
+
 def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flag_values = flags.FLAGS
-  config = flag_values.config
-  params = convert_file(flag_values.checkpoint, config)
-  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-  print(f"Converted {flag_values.checkpoint}: {count:,} parameters.")
-  _save(flag_values.workdir, config, params)
-  print(f"Wrote the converted checkpoint to {flag_values.workdir}.")
+  run(flags.FLAGS.config, flags.FLAGS.checkpoint, flags.FLAGS.workdir)
 
 
 def _run():
