@@ -296,8 +296,9 @@ def validate(image_size: int, channel_mult: Sequence[float], attention_resolutio
 class UNet(nn.Module):
   """ADM UNet: (x (B,H,W,C) in [-1,1], t (B,) original timesteps, y (B,) labels) -> (B,H,W,out_channels) float32.
 
-  attention_resolutions are in pixels (16 = attention on the 16x16 feature maps). dtype is the compute dtype;
-  params are always float32 and the output is float32.
+  attention_resolutions are in pixels (16 = attention on the 16x16 feature maps). dtype is the compute dtype of
+  the torso (the timestep MLP, GroupNorm statistics, softmax and output head stay float32); params are always
+  float32 and so is the output.
   """
   image_size: int
   in_channels: int
@@ -375,9 +376,9 @@ class UNet(nn.Module):
       h = jnp.concatenate([h, skips.pop()], axis=-1)
       for layer in block:
         h = apply_layer(layer, h)
-    h = nn.silu(_group_norm(h, "out_0"))
-    h = _conv(self.out_channels, layout.out_channels_last, self.dtype, "out_2", zero=True)(h)
-    return h.astype(jnp.float32)
+    # The output head runs in float32, as in ADM's fp16 mode (only the torso is converted).
+    h = nn.silu(_group_norm(h.astype(jnp.float32), "out_0"))
+    return _conv(self.out_channels, layout.out_channels_last, jnp.float32, "out_2", zero=True)(h)
 
 
 def _get(cfg, name, default):
