@@ -300,10 +300,12 @@ def make_prediction_fn(model_fn, target: str, var_type: str, data_prediction: bo
 
   def predict(x, t_in, alpha, sigma):
     t = jnp.full((x.shape[0],), t_in, x.dtype)
-    prediction, _ = reverse.split_output(jnp.asarray(model_fn(x, t)).astype(x.dtype), learn_sigma)
-    if prediction.shape != x.shape:
-      raise ValueError(f"The model output's mean part has shape {prediction.shape} but x has {x.shape}; with "
-                       f"var_type={var_type!r} the model must output {'2C' if learn_sigma else 'C'} channels.")
+    output = jnp.asarray(model_fn(x, t)).astype(x.dtype)
+    channels = x.shape[-1] * (2 if learn_sigma else 1)
+    if output.shape != x.shape[:-1] + (channels,):
+      raise ValueError(f"The model output has shape {output.shape} for x of shape {x.shape}; with var_type="
+                       f"{var_type!r} it must have {'2C' if learn_sigma else 'C'} = {channels} channels.")
+    prediction, _ = reverse.split_output(output, learn_sigma)
     if not data_prediction and not clip_x0:
       if target == "eps":
         return prediction
