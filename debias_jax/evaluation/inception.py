@@ -19,7 +19,8 @@ Weight file (WEIGHTS_FORMAT below): nothing is ever downloaded. Get the file onc
     `ckpt_path`, https://www.dropbox.com/s/xt6zvlvt22dcwck/inception_v3_weights_fid.pickle?dl=1); or
   * pytorch-fid: `pt_inception-2015-12-05-6726825d.pth` (https://github.com/mseitzer/pytorch-fid/releases/
     download/fid_weights/pt_inception-2015-12-05-6726825d.pth), converted with
-    `python -m debias_jax.evaluation.inception --convert_torch=IN.pth --output=OUT.pickle` (needs torch).
+    `python -m debias_jax.evaluation.inception --convert_torch=IN.pth --output=OUT.pickle` (needs torch; or
+    pass the state dict saved as .npz, see `read_torch_state_dict`).
 and set the config value `eval.inception_weights` to its path.
 """
 
@@ -451,23 +452,39 @@ def load_inception_fn(path: str, **kwargs) -> tuple[Callable[[Any], dict[str, ja
   return make_inception_fn(params, num_classes, **kwargs), num_classes
 
 
+def read_torch_state_dict(path: str) -> Mapping[str, np.ndarray]:
+  """pytorch-fid's .pth (needs torch), or the same state dict saved as .npz of numpy arrays (needs no torch)."""
+  if path.endswith(".npz"):
+    with np.load(path, allow_pickle=False) as data:
+      return {k: data[k] for k in data.files}
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise SystemExit(
+        "Reading a .pth needs torch. Either install torch here, or in any environment that has it run\n"
+        "  python -c \"import torch, numpy as np; sd = torch.load('pt_inception-2015-12-05-6726825d.pth', "
+        "map_location='cpu'); np.savez('pt_inception.npz', **{k: v.numpy() for k, v in sd.items()})\"\n"
+        "and convert the .npz instead.") from e
+  return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   flag_values = flags.FLAGS
   if len(argv) > 1:
     raise SystemExit(f"Unexpected arguments: {argv[1:]}")
   if not flag_values.convert_torch or not flag_values.output:
-    raise SystemExit("Usage: python -m debias_jax.evaluation.inception --convert_torch=IN.pth --output=OUT.pickle")
-  import torch  # pylint: disable=g-import-not-at-top
-  state_dict = torch.load(flag_values.convert_torch, map_location="cpu", weights_only=True)
-  tree = convert_torch_state_dict(state_dict)
+    raise SystemExit("Usage: python -m debias_jax.evaluation.inception --convert_torch=IN.pth|IN.npz "
+                     "--output=OUT.pickle")
+  tree = convert_torch_state_dict(read_torch_state_dict(flag_values.convert_torch))
   params, num_classes = params_from_weight_dict(tree, source=flag_values.convert_torch)
   save_params(flag_values.output, params)
-  print(f"Wrote {flag_values.output} ({num_classes} classes).")
+  print(f"Wrote {flag_values.output}: FID Inception-v3 weights, {num_classes} classes.")
 
 
 if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
-  flags.DEFINE_string("convert_torch", "", "pytorch-fid weights (pt_inception-2015-12-05-6726825d.pth) to convert.")
+  flags.DEFINE_string("convert_torch", "", "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or its state dict "
+                      "as .npz) to convert.")
   flags.DEFINE_string("output", "", "Where to write the pickle in WEIGHTS_FORMAT.")
   app.run(_main)
