@@ -133,7 +133,8 @@ class CoefficientTest(parameterized.TestCase):
     self.alpha, self.sigma, self.lam = np.exp(la), np.sqrt(1 - np.exp(2 * la)), self.vp.lambda_(self.t)
 
   def test_first_order_is_ddim(self):
-    # DDIM: x_n = alpha_n x0 + sigma_n (x - alpha_{n-1} x0) / sigma_{n-1}, with x0 = (x - sigma_{n-1} eps) / alpha_{n-1}.
+    # DDIM: x_n = alpha_n x0 + sigma_n (x - alpha_{n-1} x0) / sigma_{n-1},
+    # with x0 = (x - sigma_{n-1} eps) / alpha_{n-1} in noise mode.
     a, s = self.alpha, self.sigma
     data = solvers.dpm_solver_plan(self.vp, 6, order=1, skip_type="logSNR", data_prediction=True)
     np.testing.assert_allclose(data.pred_x, s[1:] / s[:-1], rtol=1e-12)

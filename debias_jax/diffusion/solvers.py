@@ -17,6 +17,14 @@ Registered samplers (options after `steps`):
   "dpm_solver":   noise-prediction multistep DPM-Solver (order 2 by default: the paper's DPM-Solver setting).
   "unipc":        multistep UniPC, predictor UniP-p plus corrector UniC (order 3, variant "bh1" = B(h) = h, data
                   prediction: the paper's setting; "bh2" is B(h) = e^h - 1).
+
+Options (all keyword): order (1-3); skip_type "time_uniform" (the paper's), "logSNR" or "time_quadratic";
+lower_order_final (True: DPM-Solver lowers the last orders below 10 steps, UniPC always, as each reference does);
+clip_lambda (DPM-Solver -5.1, UniPC None, as the references); solver_type "dpmsolver" | "taylor" (DPM-Solver);
+variant "bh1" | "bh2" and prediction "data" | "noise" (UniPC); thresholding "static" (clip to [-1, 1]) or
+"dynamic" (the references' quantile thresholding), used when clip_x0; denoise_to_zero (one more evaluation).
+Note: the references' 3M formula gives the second-derivative term half its Taylor weight and converges at order 2;
+solver_type="taylor" with order=3 uses the full weight and converges at order 3 or better.
 """
 
 from __future__ import annotations
@@ -142,7 +150,7 @@ def _phi(k: int, z: float) -> float:
 
 
 def _exponential_base(grid: _Grid, n: int, data_prediction: bool):
-  """(coefficient of x, sign*scale of the integral terms, phi argument z) of the step from grid point n-1 to n.
+  """(coefficient of x, signed scale of the integral terms, phi argument z, lambda step h) from n-1 to n.
 
   Data prediction: x_n = sigma_n/sigma_{n-1} x + alpha_n sum_k h^(k+1) phi_(k+1)(-h) x0^(k);
   noise prediction: x_n = alpha_n/alpha_{n-1} x - sigma_n sum_k h^(k+1) phi_(k+1)(h) eps^(k), with h the lambda
@@ -190,7 +198,7 @@ def _unipc_step(grid: _Grid, n: int, order: int, data_prediction: bool, variant:
   b_h = hh if variant == "bh1" else math.expm1(hh)
   m = np.eye(MAX_ORDER)
   lam = grid.lambdas
-  # Nodes of the earlier model outputs relative to the step, and their scaled differences D_i ~ r_i h f'.
+  # Nodes r_i of the earlier model outputs in units of the step, and their differences D_i ~ h f'.
   rks = np.array([(lam[n - 1 - i] - lam[n - 1]) / h for i in range(1, order)] + [1.0])
   diffs = [(m[i] - m[0]) / rks[i - 1] for i in range(1, order)]
   vander = np.stack([rks ** i for i in range(order)])
