@@ -276,17 +276,20 @@ def validate(image_size: int, channel_mult: Sequence[float], attention_resolutio
   if bad:
     raise ValueError(f"model.attention_resolutions={tuple(attention_resolutions)} contains {bad}, which never "
                      f"occurs in this UNet; the resolutions (in pixels) are {resolutions}.")
-  widths = sorted({int(m * model_channels) for m in channel_mult})
-  for width in widths:
+  widths = [int(m * model_channels) for m in channel_mult]
+  for width in sorted(set(widths)):
     if width % NUM_GROUPS:
       raise ValueError(f"model.model_channels={model_channels} with model.channel_mult={tuple(channel_mult)} gives "
                        f"{width} channels, not a multiple of the {NUM_GROUPS} GroupNorm groups.")
+  # Attention runs at the listed resolutions and always in the middle block (the last level's width).
+  attention_widths = {w for w, r in zip(widths, resolutions) if r in set(map(int, attention_resolutions))}
+  for width in sorted(attention_widths | {widths[-1]}):
     if num_head_channels > 0:
       if width % num_head_channels:
-        raise ValueError(f"model.num_head_channels={num_head_channels} does not divide the {width} channels of a "
-                         f"UNet level.")
+        raise ValueError(f"model.num_head_channels={num_head_channels} does not divide the {width} channels of an "
+                         f"attention layer.")
     elif num_heads <= 0 or width % num_heads:
-      raise ValueError(f"model.num_heads={num_heads} does not divide the {width} channels of a UNet level "
+      raise ValueError(f"model.num_heads={num_heads} does not divide the {width} channels of an attention layer "
                        f"(or set model.num_head_channels > 0).")
 
 
