@@ -51,12 +51,16 @@ class FeaturesTest(absltest.TestCase):
     digits = sk_datasets.load_digits()
     images = (digits.images.astype(np.float32) / 8.0 - 1.0)[..., None]
     labels = digits.target
-    recipe = features.StandinRecipe(holdout_fraction=0.0)
-    model = features.train_standin(images[:1400], labels[:1400], recipe, num_classes=10)
-    out = features.standin_apply_fn(model)(images[1400:])
-    accuracy = np.mean(np.argmax(np.asarray(out["logits"]), axis=1) == labels[1400:])
+    order = np.random.default_rng(123).permutation(len(labels))
+    train, held_out = order[:1400], order[1400:]
+    # A quarter of the default 400 steps keeps the test fast under the suite's -O0 XLA flags; the default recipe
+    # reaches 0.98 held-out accuracy on digits.
+    recipe = features.StandinRecipe(steps=100, holdout_fraction=0.0)
+    model = features.train_standin(images[train], labels[train], recipe, num_classes=10)
+    out = features.standin_apply_fn(model)(images[held_out])
+    accuracy = np.mean(np.argmax(np.asarray(out["logits"]), axis=1) == labels[held_out])
     self.assertGreater(accuracy, 0.9)
-    self.assertEqual(np.asarray(out["features"]).shape, (397, recipe.feature_dim))
+    self.assertEqual(np.asarray(out["features"]).shape, (len(held_out), recipe.feature_dim))
 
   def test_standin_training_and_features_are_deterministic(self):
     images, labels, _ = features.load_dataset_arrays(digits_config(), max_examples=300)
@@ -118,6 +122,10 @@ class FeaturesTest(absltest.TestCase):
     from_file = features.evaluate_samples(extractor, path, reference)
     from_arrays = features.evaluate_samples(extractor, fid.to_uint8(images), reference)
     self.assertEqual(from_file, from_arrays)
+    streamed = features.evaluate_samples(extractor, (images[i:i + 64] for i in range(0, 200, 64)), reference)
+    self.assertEqual(streamed["num_samples"], 200)
+    for key in ("fid", "inception_score", "precision", "recall"):
+      self.assertAlmostEqual(streamed[key], features.evaluate_samples(extractor, images, reference)[key], places=8)
     self.assertBetween(from_file["inception_score"], 1.0, 10.0)
     self.assertLess(from_file["fid"], features.evaluate_samples(extractor, -images, reference)["fid"])
 

@@ -47,6 +47,7 @@ STANDIN_DATASETS = ("digits", "photo_patches")
 STANDIN_VERSION = 1          # bump whenever StandinNet or the training recipe changes: invalidates caches
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "debias_jax")
 MAX_REFERENCE_FEATURES = 10_000   # reference feature vectors kept for precision/recall
+MAX_PR_SAMPLES = 50_000           # sample feature vectors used for precision/recall
 
 
 @dataclasses.dataclass(frozen=True)
@@ -442,33 +443,58 @@ def reference_from_npz(extractor: FeatureExtractor, path: str, batch_size: int |
 
 
 def evaluate_samples(extractor: FeatureExtractor, samples, reference: fid_lib.ReferenceBatch, *,
-                     batch_size: int | None = None, pr_k: int = fid_lib.PR_NEIGHBOURHOOD) -> dict[str, float]:
-  """FID-style metrics of samples (NHWC uint8, or float in [-1, 1], or the path of an .npz with arr_0).
+                     batch_size: int | None = None, pr_k: int = fid_lib.PR_NEIGHBOURHOOD,
+                     max_pr_samples: int = MAX_PR_SAMPLES) -> dict[str, float]:
+  """FID-style metrics of samples against a reference.
 
-  Returns fid, num_samples and, where available: inception_score (extractor logits), sfid (spatial statistics on
-  both sides), precision and recall (reference feature vectors; both sets need more than pr_k examples).
-  The name `fid` is kept for every feature space; `feature_space` says which it was.
+  samples: NHWC images (uint8, or float in [-1, 1]), the path of an .npz with arr_0, or an iterable of such
+    image batches (streamed: statistics accumulate batch by batch, so 50k large samples never sit in memory).
+  Returns fid and num_samples and, where available: inception_score (the extractor has logits), sfid (spatial
+  statistics on both sides), precision and recall (the reference has feature vectors; the first max_pr_samples
+  sample features are used). The key `fid` is used in every feature space; extractor.name says which.
   """
-  if isinstance(samples, (str, os.PathLike)):
-    samples = fid_lib.load_samples_npz(os.fspath(samples))
-  samples = np.asarray(samples)
   if reference.stats is None:
     raise ValueError("The reference has no statistics; build it with reference_statistics or reference_from_npz.")
-  out = extractor.extract(samples, batch_size)
-  features = out["features"]
-  if features.shape[1] != reference.stats.dim:
-    raise ValueError(f"Sample features have {features.shape[1]} dimensions but the reference statistics "
-                     f"{reference.stats.dim}: they come from different feature spaces.")
-  stats = fid_lib.compute_statistics(features)
-  metrics = {"fid": fid_lib.statistics_distance(stats, reference.stats), "num_samples": float(samples.shape[0])}
-  if "logits" in out:
-    metrics["inception_score"] = fid_lib.inception_score(out["logits"])
-  if "spatial" in out and reference.spatial_stats is not None:
-    metrics["sfid"] = fid_lib.statistics_distance(fid_lib.compute_statistics(out["spatial"]),
-                                                  reference.spatial_stats)
-  if reference.features is not None and min(len(reference.features), len(features)) > pr_k:
-    metrics["precision"], metrics["recall"] = fid_lib.precision_recall(reference.features, features, pr_k)
-  logging.info("Evaluation in %s space of %d samples: %s", extractor.name, samples.shape[0],
+  if isinstance(samples, (str, os.PathLike)):
+    samples = fid_lib.load_samples_npz(os.fspath(samples))
+  if isinstance(samples, (np.ndarray, jax.Array)):
+    batches = [np.asarray(samples)]
+  else:
+    batches = samples
+  accumulator, spatial_accumulator = fid_lib.StatisticsAccumulator(), fid_lib.StatisticsAccumulator()
+  logits, pr_features = [], []
+  num_samples = kept = 0
+  for images in batches:
+    images = np.asarray(images)
+    if images.ndim != 4:
+      raise ValueError(f"Samples must be NHWC image batches; got shape {images.shape}.")
+    if images.shape[0] == 0:
+      continue
+    out = extractor.extract(images, batch_size)
+    if out["features"].shape[1] != reference.stats.dim:
+      raise ValueError(f"Sample features have {out['features'].shape[1]} dimensions but the reference statistics "
+                       f"{reference.stats.dim}: they come from different feature spaces.")
+    num_samples += images.shape[0]
+    accumulator.update(out["features"])
+    if "spatial" in out and reference.spatial_stats is not None:
+      spatial_accumulator.update(out["spatial"])
+    if "logits" in out:
+      logits.append(out["logits"])
+    if kept < max_pr_samples:
+      pr_features.append(out["features"][:max_pr_samples - kept])
+      kept += pr_features[-1].shape[0]
+  if num_samples < 2:
+    raise ValueError(f"FID needs at least 2 samples; got {num_samples}.")
+  metrics = {"fid": fid_lib.statistics_distance(accumulator.result(), reference.stats),
+             "num_samples": float(num_samples)}
+  if logits:
+    metrics["inception_score"] = fid_lib.inception_score(np.concatenate(logits))
+  if spatial_accumulator.count >= 2:
+    metrics["sfid"] = fid_lib.statistics_distance(spatial_accumulator.result(), reference.spatial_stats)
+  if reference.features is not None and min(len(reference.features), kept) > pr_k:
+    metrics["precision"], metrics["recall"] = fid_lib.precision_recall(
+        reference.features, np.concatenate(pr_features), pr_k)
+  logging.info("Evaluation in %s space of %d samples: %s", extractor.name, num_samples,
                ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
   return metrics
 
