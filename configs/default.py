@@ -20,7 +20,18 @@ def get_config():
   data.channels = 1
   data.num_classes = 0            # > 0: labels are fed to a class-conditional model
   data.random_flip = False        # digits are not symmetric
-  data.shuffle_buffer = 10_000
+  data.digits_upsample = "bilinear"  # digits at 16 px: bilinear | nearest | pad
+  data.gmm_components = 8         # gmm: the exactly known mixture of the bias benchmark
+  data.gmm_rank = 6
+  data.gmm_noise_std = 0.05
+  data.gmm_seed = 0
+  data.gmm_num_train = 20_000
+  data.gmm_num_test = 10_000
+  data.tfds_access = "auto"       # auto | random_access (array_record) | in_memory
+  data.tfds_max_in_memory_gb = 8.0
+  data.image_key = "image"
+  data.label_key = "label"
+  data.num_workers = 0            # image-folder decode threads (0 = min(16, CPUs))
 
   config.model = model = ml_collections.ConfigDict()
   model.model_channels = 32
@@ -35,6 +46,7 @@ def get_config():
   model.learn_sigma = True
   model.dtype = "float32"         # compute dtype; params stay float32 ("bfloat16" for TPU/GPU)
   model.remat = False             # gradient checkpointing of UNet blocks
+  model.use_new_attention_order = False  # qkv layout: ADM QKVAttention (True) or QKVAttentionLegacy (False)
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.schedule = "linear"   # linear | cosine

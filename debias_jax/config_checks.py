@@ -1,0 +1,88 @@
+"""Validation of a whole config before any compute: every error names the field and the valid choices."""
+
+from __future__ import annotations
+
+from debias_jax.data import pipeline
+from debias_jax.diffusion import samplers
+from debias_jax.diffusion import schedules
+from debias_jax.diffusion import targets
+from debias_jax.diffusion import weighting
+from debias_jax.models import unet
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _require(condition: bool, message: str) -> None:
+  if not condition:
+    raise ConfigError(message)
+
+
+def _choice(value, choices, field: str) -> None:
+  _require(value in choices, f"config.{field}={value!r} is not valid; choose one of: {', '.join(choices)}.")
+
+
+def _positive_int(value, field: str) -> None:
+  _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+           f"config.{field} must be a positive integer, got {value!r}.")
+
+
+def validate_sampling(config) -> None:
+  s = config.sampling
+  _choice(s.sampler, samplers.sampler_names(), "sampling.sampler")
+  try:
+    samplers.get_sampler(s.sampler, schedules.Schedule.named(config.diffusion.schedule,
+                                                             int(config.diffusion.num_timesteps)),
+                         s.steps, target=config.loss.target)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.sampling.steps={s.steps!r} does not work with sampler {s.sampler!r}: {e}") from e
+  _positive_int(s.num_samples, "sampling.num_samples")
+  _positive_int(s.batch_size, "sampling.batch_size")
+
+
+def validate(config, num_devices: int | None = None) -> None:
+  """Raises ConfigError (a ValueError) for the first problem found, naming its field."""
+  d = config.diffusion
+  _choice(d.schedule, schedules.SCHEDULE_NAMES, "diffusion.schedule")
+  _require(isinstance(d.num_timesteps, int) and d.num_timesteps > 1,
+           f"config.diffusion.num_timesteps must be an integer > 1, got {d.num_timesteps!r}.")
+
+  loss = config.loss
+  _choice(loss.target, targets.TARGETS, "loss.target")
+  _choice(loss.weighting, weighting.WEIGHTINGS, "loss.weighting")
+  _require(loss.snr_clamp >= 0, f"config.loss.snr_clamp must be >= 0 (0 = off), got {loss.snr_clamp}.")
+  _require(loss.p2_k >= 0 and loss.p2_gamma >= 0 and loss.min_snr_gamma > 0,
+           "config.loss.p2_k and p2_gamma must be >= 0 and config.loss.min_snr_gamma > 0.")
+
+  try:
+    pipeline.check_data_config(config.data)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  try:
+    unet.create_model(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+
+  o = config.optim
+  _require(o.learning_rate > 0, f"config.optim.learning_rate must be > 0, got {o.learning_rate}.")
+  _require(o.weight_decay >= 0 and o.grad_clip_norm >= 0 and o.warmup_steps >= 0,
+           "config.optim.weight_decay, grad_clip_norm and warmup_steps must be >= 0.")
+  _require(len(config.ema_rates) > 0 and all(0 <= r < 1 for r in config.ema_rates),
+           f"config.ema_rates={tuple(config.ema_rates)} needs at least one rate, each in [0, 1).")
+
+  t = config.train
+  for field in ("batch_size", "num_steps", "steps_per_call", "keep_checkpoints"):
+    _positive_int(t[field], f"train.{field}")
+  if num_devices is not None:
+    _require(t.batch_size % num_devices == 0,
+             f"config.train.batch_size={t.batch_size} is not divisible by the {num_devices} devices; "
+             f"use a multiple of {num_devices}.")
+  for field in ("log_every", "checkpoint_every", "sample_every"):
+    value = t[field]
+    _require(isinstance(value, int) and value >= 0, f"config.train.{field} must be an integer >= 0.")
+    _require(value % t.steps_per_call == 0,
+             f"config.train.{field}={value} must be a multiple of train.steps_per_call={t.steps_per_call}.")
+  _require(t.num_steps % t.steps_per_call == 0,
+           f"config.train.num_steps={t.num_steps} must be a multiple of train.steps_per_call={t.steps_per_call}.")
+  validate_sampling(config)
