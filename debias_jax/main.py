@@ -1,7 +1,12 @@
 """Command line: `python -m debias_jax.main --config configs/default.py --workdir DIR [--mode train]`.
 
-Flags parse the config (with `--config.a.b=value` overrides) and hand it to the mode's entry point.
+Flags parse the config (with `--config.a.b=value` overrides) and hand it to the mode's entry point, a function
+`entry(config, workdir)`. Multi-host runs (TPU pods, several GPU hosts) pass `--distributed` (or set
+DEBIAS_JAX_DISTRIBUTED=1) so that jax.distributed.initialize() joins the processes before any JAX work.
 """
+
+import importlib
+import os
 
 from absl import app
 from absl import flags
@@ -9,11 +14,33 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+# mode -> (module, function); each function takes (config, workdir).
+MODES = {
+    "train": ("debias_jax.train", "train_and_evaluate"),
+    "sample": ("debias_jax.generate", "sample_to_files"),
+    "eval": ("debias_jax.evaluation.checkpoints", "evaluate_checkpoints"),
+    "analyze": ("debias_jax.analysis.study", "analyze"),
+}
+
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples; a rerun resumes from it.")
-flags.DEFINE_enum("mode", "train", ["train"], "What to do with the config and workdir.")
+flags.DEFINE_enum("mode", "train", list(MODES), "What to do with the config and workdir.")
+flags.DEFINE_bool("distributed", os.environ.get("DEBIAS_JAX_DISTRIBUTED", "") == "1",
+                  "Call jax.distributed.initialize() first (multi-host; coordinator from the environment, or "
+                  "from --coordinator/--num_processes/--process_id).")
+flags.DEFINE_string("coordinator", None, "host:port of process 0, for --distributed outside TPU/SLURM.")
+flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed outside TPU/SLURM.")
+flags.DEFINE_integer("process_id", None, "This process's index, for --distributed outside TPU/SLURM.")
 config_flags.DEFINE_config_file("config", None, "Path to a config file (see configs/).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
+
+
+def initialize_distributed() -> None:
+  kwargs = {}
+  if FLAGS.coordinator:
+    kwargs = {"coordinator_address": FLAGS.coordinator, "num_processes": FLAGS.num_processes,
+              "process_id": FLAGS.process_id}
+  jax.distributed.initialize(**kwargs)
 
 
 def main(argv):
@@ -21,11 +48,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   from debias_jax.data import hide_gpus_from_tensorflow  # pylint: disable=g-import-not-at-top
   hide_gpus_from_tensorflow()  # before clu's writers initialise TensorFlow
+  if FLAGS.distributed:
+    initialize_distributed()
   logging.info("JAX process %d of %d, local devices: %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
-  from debias_jax import train  # pylint: disable=g-import-not-at-top
-  if FLAGS.mode == "train":
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  module, function = MODES[FLAGS.mode]
+  getattr(importlib.import_module(module), function)(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
