@@ -150,6 +150,21 @@ class FeaturesTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "different feature spaces"):
       features.evaluate_samples(extractor, images[:, :2, :2], reference)
 
+  def test_evaluate_from_config(self):
+    config = digits_config()
+    images = features.load_dataset_arrays(config, max_examples=400)[0]
+    from_data = features.evaluate_from_config(
+        eval_config(self.cache_dir, feature_space="pixels", num_reference=400), config, images)
+    self.assertAlmostEqual(from_data["fid"], 0.0, delta=1e-6)
+    reference = fid.save_reference_batch(os.path.join(self.cache_dir, "ref.npz"), images=images[:200])  # as uint8
+    from_file = features.evaluate_from_config(
+        eval_config(self.cache_dir, feature_space="pixels", reference_npz=reference), config,
+        fid.to_uint8(images[:200]))
+    self.assertAlmostEqual(from_file["fid"], 0.0, delta=1e-6)
+    self.assertGreater(features.evaluate_from_config(
+        eval_config(self.cache_dir, feature_space="pixels", reference_npz=reference), config, images[200:])["fid"],
+                       0.1)
+
   def test_feature_space_resolution_and_errors(self):
     resolve = features.resolve_feature_space
     self.assertEqual(resolve(eval_config(""), digits_config()), "standin")

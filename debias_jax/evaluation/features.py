@@ -48,6 +48,8 @@ STANDIN_VERSION = 1          # bump whenever StandinNet or the training recipe c
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "debias_jax")
 MAX_REFERENCE_FEATURES = 10_000   # reference feature vectors kept for precision/recall
 MAX_PR_SAMPLES = 50_000           # sample feature vectors used for precision/recall
+# Data fields that change how examples are read or augmented in training, not which images evaluation sees.
+_NOT_CONTENT_FIELDS = ("random_flip", "shuffle_buffer", "num_workers", "tfds_access", "tfds_max_in_memory_gb")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,7 +383,7 @@ def reference_statistics(extractor: FeatureExtractor, data_config, num_examples:
 
   Returns a ReferenceBatch with .stats (mu, sigma), .spatial_stats for Inception, and .features.
   """
-  data_fields = {k: repr(v) for k, v in sorted(data_config.items()) if k not in ("random_flip", "shuffle_buffer")}
+  data_fields = {k: repr(v) for k, v in sorted(data_config.items()) if k not in _NOT_CONTENT_FIELDS}
   cache_key = _string_digest(json.dumps({"extractor": extractor.key, "data": data_fields,
                                          "num_examples": num_examples}, sort_keys=True))
   path = os.path.join(resolve_cache_dir(cache_dir), f"reference_{extractor.name}_{cache_key[:16]}.npz")
@@ -497,6 +499,23 @@ def evaluate_samples(extractor: FeatureExtractor, samples, reference: fid_lib.Re
   logging.info("Evaluation in %s space of %d samples: %s", extractor.name, num_samples,
                ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
   return metrics
+
+
+def reference_from_config(extractor: FeatureExtractor, eval_config, data_config) -> fid_lib.ReferenceBatch:
+  """eval.reference_npz if set (e.g. an ADM reference batch), else the data's statistics over eval.num_reference
+  examples (0: the whole split), cached in eval.cache_dir."""
+  reference_npz = _get(eval_config, "reference_npz", "")
+  if reference_npz:
+    return reference_from_npz(extractor, os.path.expanduser(reference_npz), _get(eval_config, "batch_size", None))
+  num_reference = int(_get(eval_config, "num_reference", 0)) or None
+  return reference_statistics(extractor, data_config, num_reference, cache_dir=_get(eval_config, "cache_dir", ""))
+
+
+def evaluate_from_config(eval_config, data_config, samples) -> dict[str, float]:
+  """get_feature_extractor + reference_from_config + evaluate_samples: the one call `--mode eval` needs."""
+  extractor = get_feature_extractor(eval_config, data_config)
+  reference = reference_from_config(extractor, eval_config, data_config)
+  return evaluate_samples(extractor, samples, reference, pr_k=int(_get(eval_config, "pr_k", fid_lib.PR_NEIGHBOURHOOD)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
