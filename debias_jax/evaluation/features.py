@@ -15,7 +15,8 @@ Why the stand-in network is trained on first use and cached, rather than shipped
 function of the exact images the data pipeline produces (resize mode, patch grid, value range), which another
 module owns and may change; the cache file is keyed by a hash of those training images and labels plus
 STANDIN_VERSION, so a changed dataset can never be scored with a stale network, and nothing needs regenerating
-by hand. Training takes seconds to a minute on a CPU, once per dataset and image size. The cache lives in
+by hand. Training takes seconds to a minute on a CPU, once per dataset and image size. Held-out accuracy of the
+default recipe (400 steps): digits 0.98 (8 px) and 0.99 (16 px); photo_patches 0.93 (16 px) and 0.95 (32 px). The cache lives in
 eval.cache_dir (default ~/.cache/debias_jax), written atomically, so concurrent runs cannot corrupt it.
 
 Reference statistics are cached the same way, keyed by the extractor's key (which hashes the network weights or

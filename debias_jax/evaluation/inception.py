@@ -60,7 +60,8 @@ Get the FID Inception weights by hand (nothing here downloads): either jax-fid's
 https://www.dropbox.com/s/xt6zvlvt22dcwck/inception_v3_weights_fid.pickle?dl=1), or pytorch-fid's
 pt_inception-2015-12-05-6726825d.pth converted with
 `python -m debias_jax.evaluation.inception --convert_torch=pt_inception-2015-12-05-6726825d.pth
---output=inception_v3_fid.pickle` (needs torch); then set --config.eval.inception_weights=/path/to/the.pickle.
+--output=inception_v3_fid.pickle` (needs torch); then pass its path: --config.eval.inception_weights=PATH to
+main.py, --inception_weights=PATH to debias_jax.evaluation.evaluator.
 For the embedded offline datasets, --config.eval.feature_space=standin needs no weights."""
 
 
