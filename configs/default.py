@@ -89,4 +89,16 @@ def get_config():
   sampling.num_samples = 64
   sampling.batch_size = 64
   sampling.use_ema = True
+  sampling.solver_options = {}    # extra options of dpm_solver/unipc, e.g. {"order": 3, "skip_type": "logSNR"}
+
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.feature_space = "auto"       # auto | inception | standin | pixels (auto: standin for digits/photo_patches,
+                                  # pixels for gmm, inception for tfds and folders)
+  ev.inception_weights = ""       # FID Inception-v3 weights pickle (jax-fid format); never downloaded
+  ev.cache_dir = ""               # "" = ~/.cache/debias_jax (stand-in network, reference statistics)
+  ev.batch_size = 256             # feature-extraction batch
+  ev.num_samples = 1000           # samples generated per evaluation (the paper: 10_000)
+  ev.num_reference = 0            # reference examples from the data; 0 = the whole split
+  ev.reference_npz = ""           # an ADM reference batch instead of the data pipeline
+  ev.pr_k = 3
   return config

@@ -34,7 +34,10 @@ def make_sampler(config, schedule: Schedule, sampler: str | None = None, steps=N
   """config.sampling's sampler (or the one named) as sample(model_fn, x_T, rng) -> x0."""
   s = config.sampling
   name = s.sampler if sampler is None else sampler
-  options = {"eta": float(s.eta)} if name == "ddim" else {}
+  if name in ("ddpm", "ddim"):
+    options = {"eta": float(s.eta)} if name == "ddim" else {}
+  else:
+    options = dict(s.get("solver_options", {}))
   return samplers.get_sampler(name, schedule, s.steps if steps is None else steps, target=config.loss.target,
                               var_type=var_type(config), clip_x0=bool(s.clip_x0), **options)
 

@@ -73,11 +73,11 @@ def create_train_state(config, model, rng) -> TrainState:
 
 
 def init_metric_sums(num_steps: int) -> dict:
-  zero = jnp.zeros((), jnp.float32)
+  """Zeroed (sum, count) accumulators, one buffer each (they are donated to the train step)."""
   terms = {"loss": jnp.zeros(1), "mse": jnp.zeros(1), "vb": jnp.zeros(1), "t": jnp.zeros(1, jnp.int32)}
-  sums = jax.tree.map(lambda _: zero, losses.metric_sums(terms, num_steps))
-  sums["grad_norm"] = (zero, zero)
-  return {"sums": sums, "first_nonfinite_step": jnp.int32(NO_NONFINITE_STEP)}
+  sums = jax.tree.map(lambda _: jnp.zeros((), jnp.float32), losses.metric_sums(terms, num_steps))
+  sums["grad_norm"] = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+  return {"sums": sums, "first_nonfinite_step": jnp.full((), NO_NONFINITE_STEP, jnp.int32)}
 
 
 def make_train_step(config, model, schedule):
