@@ -90,6 +90,9 @@ def get_config():
   sampling.batch_size = 64
   sampling.use_ema = True
   sampling.solver_options = {}    # extra options of dpm_solver/unipc, e.g. {"order": 3, "skip_type": "logSNR"}
+  sampling.checkpoint_step = -1   # --mode sample: the checkpoint to sample (-1 = the latest)
+  sampling.labels = ()            # --mode sample, conditional models: class labels repeated (() = all in turn)
+  sampling.output_dir = ""        # --mode sample: "" = WORKDIR/samples
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.feature_space = "auto"       # auto | inception | standin | pixels (auto: standin for digits/photo_patches,
@@ -101,4 +104,16 @@ def get_config():
   ev.num_reference = 0            # reference examples from the data; 0 = the whole split
   ev.reference_npz = ""           # an ADM reference batch instead of the data pipeline
   ev.pr_k = 3
+  ev.checkpoint_steps = ()        # --mode eval: checkpoints to evaluate (() = every one in the workdir)
+  ev.sampler_steps = ()           # --mode eval: ("ddim:50", "ddpm:100", ...); () = sampling.sampler:sampling.steps
+
+  config.analysis = analysis = ml_collections.ConfigDict()   # --mode analyze: the bias study (PAPER.md section 7)
+  analysis.checkpoint_step = -1   # -1 = the latest
+  analysis.num_examples = 1024    # data examples for the per-t errors (each seen once in every t bucket)
+  analysis.num_buckets = 10
+  analysis.bucket_by = "t"        # t (equal ranges of timesteps) | log_snr (equal ranges of log SNR)
+  analysis.batch_size = 256       # global, a multiple of the device count
+  analysis.samplers = ("ddim",)   # colour/mean shift of samples against the number of steps, per sampler
+  analysis.sampling_steps = (2, 3, 5, 10, 20, 50, 100)  # add 1000 for the full chain (slow on CPU)
+  analysis.num_samples = 256      # samples per (sampler, steps), and x_T draws for the first-step prediction
   return config

@@ -262,3 +262,38 @@ def _append_jsonl(workdir: str, record: dict) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
       f.write(json.dumps(record) + "\n")
+
+
+def abstract_state(config, mesh=None) -> TrainState:
+  """The train state's shapes and dtypes (no FLOPs), replicated over `mesh`: a template for restoring."""
+  mesh = parallel.create_mesh() if mesh is None else mesh
+  model = unet.create_model(config)
+  replicated = parallel.replicated(mesh)
+  template = jax.eval_shape(lambda rng: create_train_state(config, model, rng), jax.random.key(int(config.seed)))
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), template)
+
+
+def restore_state(config, workdir: str, step: int | None = None, mesh=None) -> TrainState:
+  """The train state saved in `workdir` at `step` (None or -1: the latest), replicated over `mesh`.
+
+  For sampling, evaluation and analysis of a finished or running training: a missing checkpoint is named with
+  the command that writes one, and a config that does not match the checkpoint is named by checkpointing.
+  """
+  directory = checkpointing.checkpoint_dir(workdir)
+  train_hint = (f"Train first: python -m debias_jax.main --config=<the config> --workdir={workdir} (--mode train), "
+                f"or import PyTorch weights with python -m debias_jax.convert.")
+  if not os.path.isdir(directory):
+    raise checkpointing.CheckpointError(f"No checkpoints in {os.path.abspath(workdir)} (no {directory} folder). "
+                                        f"{train_hint}")
+  checkpointer = checkpointing.Checkpointer(directory, async_save=False)
+  try:
+    steps = checkpointer.all_steps()
+    if not steps:
+      raise checkpointing.CheckpointError(f"{checkpointer.directory} holds no checkpoint. {train_hint}")
+    step = max(steps) if step is None or int(step) < 0 else int(step)
+    if step not in steps:
+      raise checkpointing.CheckpointError(f"No checkpoint at step {step} in {checkpointer.directory}; it holds "
+                                          f"steps {sorted(steps)} (-1 picks the latest).")
+    return checkpointer.restore(abstract_state(config, mesh), step)
+  finally:
+    checkpointer.close()

@@ -65,7 +65,8 @@ def compute_statistics(features) -> FeatureStatistics:
   if features.shape[0] < 2:
     raise ValueError(f"A covariance needs at least 2 feature vectors; got {features.shape[0]}.")
   features = features.astype(np.float64)
-  return FeatureStatistics(features.mean(axis=0), np.cov(features, rowvar=False), features.shape[0])
+  # atleast_2d: np.cov of one feature is a scalar, and a (1, 1) covariance is what a 1-d space needs.
+  return FeatureStatistics(features.mean(axis=0), np.atleast_2d(np.cov(features, rowvar=False)), features.shape[0])
 
 
 class StatisticsAccumulator:

@@ -1,0 +1,320 @@
+"""`--mode analyze`: the paper's bias study of one checkpoint (shared/PAPER.md section 7).
+
+    python -m debias_jax.main --mode=analyze --config=configs/default.py --workdir=DIR
+
+1. Per noise level (config.analysis.num_buckets buckets of t, or of log SNR), on num_examples data examples with
+   fresh noise: the x0 error E|x0_hat - x0|^2, its signed per-channel mean E[x0_hat - x0] and the eps error,
+   with each bucket's SNR range (`bias.x0_error_terms`).
+2. The first sampling step: x0_hat(x_T, T-1) on num_samples draws of x_T against the data mean.
+3. Colour/mean shift of samples against the number of sampling steps, for each of analysis.samplers and
+   analysis.sampling_steps: per-image channel means of samples against the data's (`color.color_shift`).
+4. On data.name='gmm', against the exact posterior mean E[x0|x_t]: the bias itself per bucket and at the first
+   step, the exact sample quality (log-likelihood under the mixture, MMD to true samples), and the colour shift
+   of the exact denoiser under the same sampler (the discretisation error alone, which no training can remove).
+Writes WORKDIR/analysis/step_XXXXXXXX.json, PNG figures beside it, and TensorBoard scalars and images (logdir
+WORKDIR/analysis, at the checkpoint's step, so several checkpoints form curves).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from debias_jax import config_checks
+from debias_jax import generate
+from debias_jax import parallel
+from debias_jax import sampling
+from debias_jax.analysis import bias
+from debias_jax.analysis import color
+from debias_jax.analysis import gmm as gmm_analysis
+from debias_jax.analysis import plots
+from debias_jax.data import pipeline
+from debias_jax.diffusion import samplers
+
+ANALYSIS_KEY = 0xB1A5
+STRIP_IMAGES = 16            # images per row of the samples-vs-steps strip
+
+
+def _positive(value, field: str) -> int:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    raise config_checks.ConfigError(f"config.analysis.{field} must be a positive integer, got {value!r}.")
+  return int(value)
+
+
+def check_analysis_config(config, num_devices: int) -> None:
+  """Raises ConfigError naming the first bad config.analysis field (before any compute)."""
+  a = config.analysis
+  for field in ("num_examples", "num_buckets", "batch_size", "num_samples"):
+    _positive(a[field], field)
+  if a.batch_size % num_devices:
+    raise config_checks.ConfigError(f"config.analysis.batch_size={a.batch_size} is not divisible by the "
+                                    f"{num_devices} devices; use a multiple of {num_devices}.")
+  if a.bucket_by not in bias.BUCKET_KINDS:
+    raise config_checks.ConfigError(f"config.analysis.bucket_by={a.bucket_by!r} is not valid; choose one of: "
+                                    f"{', '.join(bias.BUCKET_KINDS)}.")
+  schedule = sampling.training_schedule(config)
+  if a.num_buckets > schedule.num_steps:
+    raise config_checks.ConfigError(f"config.analysis.num_buckets={a.num_buckets} exceeds the "
+                                    f"{schedule.num_steps} timesteps.")
+  for name in a.samplers:
+    if name not in samplers.sampler_names():
+      raise config_checks.ConfigError(f"config.analysis.samplers has {name!r}; valid samplers: "
+                                      f"{', '.join(samplers.sampler_names())}.")
+    for steps in a.sampling_steps:
+      try:
+        sampling.make_sampler(config, schedule, name, str(steps))
+      except (ValueError, TypeError) as e:
+        raise config_checks.ConfigError(f"config.analysis.sampling_steps has {steps!r}, which sampler {name!r} "
+                                        f"cannot take: {e}") from e
+
+
+def _process_slice(array: np.ndarray) -> np.ndarray:
+  """This process's rows of a global host array (every process holds the whole array)."""
+  per_process = array.shape[0] // jax.process_count()
+  return array[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
+
+
+def _fetch(x) -> np.ndarray:
+  if jax.process_count() > 1 and not x.is_fully_replicated:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
+class _Study:
+  """The pieces of one analysis run: model, params, schedule, data statistics and the sharded programs."""
+
+  def __init__(self, config, restored: generate.Restored):
+    self.config, self.restored = config, restored
+    self.a = config.analysis
+    self.mesh = restored.mesh
+    self.schedule = sampling.training_schedule(config)
+    self.target = config.loss.target
+    self.learn_sigma = bool(config.model.learn_sigma)
+    self.num_classes = int(config.data.get("num_classes", 0))
+    self.image_shape = (int(config.data.image_size),) * 2 + (int(config.data.channels),)
+    is_gmm = config.data.get("source", "embedded") == "embedded" and config.data.name == "gmm"
+    self.mixture = pipeline.get_gmm(config.data) if is_gmm else None
+    self.reference_fn = (gmm_analysis.posterior_mean_fn(self.mixture, self.schedule) if self.mixture is not None
+                         else None)
+    self.rng = jax.random.fold_in(jax.random.key(int(config.seed)), ANALYSIS_KEY)
+    self.batch = parallel.batch_sharding(self.mesh)
+    self.replicated = parallel.replicated(self.mesh)
+
+  def _model_fn(self, params, labels):
+    return sampling.model_fn(self.restored.model, params, labels if self.num_classes else None)
+
+  # ----- 1. per-t errors, and the data statistics every later part compares with -----
+
+  def x0_errors(self) -> tuple[dict, dict]:
+    buckets = bias.make_buckets(self.schedule, int(self.a.num_buckets), self.a.bucket_by)
+
+    def run(params, x0, labels, mask, rng):
+      return bias.x0_error_terms(self._model_fn(params, labels), self.schedule, self.target, x0, rng, buckets,
+                                 learn_sigma=self.learn_sigma, mask=mask, reference_fn=self.reference_fn)
+
+    error_fn = jax.jit(run, in_shardings=(self.replicated, self.batch, self.batch, self.batch, None),
+                       out_shardings=self.replicated)
+    sums, image_sum, data_means, kept = None, 0.0, [], []
+    keep_images = self.mixture is not None          # true samples, the reference of the exact scores
+    iterator = pipeline.create_eval_iterator(self.config.data, batch_size=int(self.a.batch_size),
+                                             num_examples=int(self.a.num_examples), process_index=0,
+                                             process_count=1)
+    for i, batch in enumerate(iterator):
+      local = {name: _process_slice(np.asarray(batch[name])) for name in ("image", "label", "mask")}
+      arrays = parallel.global_batch(local, self.mesh)
+      sums = bias.accumulate(sums, error_fn(self.restored.params, arrays["image"], arrays["label"],
+                                            arrays["mask"], jax.random.fold_in(self.rng, i)))
+      images = np.asarray(batch["image"])[np.asarray(batch["mask"])]
+      image_sum = image_sum + images.astype(np.float64).sum(axis=0)
+      data_means.append(color.channel_means(images))
+      if keep_images:
+        kept.append(images)
+    means = bias.finalize_sums(sums)
+    count = int(means["count"][0])
+    data = {"mean_image": image_sum / count, "channel_means": np.concatenate(data_means),
+            "images": np.concatenate(kept) if kept else None, "num_examples": count}
+    table = {"bucket_by": self.a.bucket_by, "num_examples": count, "units": "[-1, 1] pixel values",
+             "buckets": bias.bucket_table(self.schedule, buckets, means)}
+    return table, data
+
+  # ----- 2. the first sampling step -----
+
+  def first_step(self, data: dict) -> dict:
+    def run(params, x_T, labels):
+      return bias.first_step_prediction(self._model_fn(params, labels), self.schedule, self.target, x_T,
+                                        learn_sigma=self.learn_sigma)
+
+    fn = jax.jit(run, in_shardings=(self.replicated, self.batch, self.batch), out_shardings=self.batch)
+    num, devices = int(self.a.num_samples), self.mesh.devices.size
+    padded = num + (-num) % devices
+    x_T = np.asarray(jax.random.normal(jax.random.fold_in(self.rng, 0xF1), (padded,) + self.image_shape))
+    labels = np.arange(padded, dtype=np.int32) % max(self.num_classes, 1)
+    chunk = int(self.a.batch_size)
+    outputs = []
+    for start in range(0, padded, chunk):
+      part = {"x": x_T[start:start + chunk], "label": labels[start:start + chunk]}
+      rows = part["x"].shape[0]
+      if rows % devices:                      # only the last chunk can be short; pad it to the device count
+        extra = devices - rows % devices
+        part = {k: np.concatenate([v, v[:extra]]) for k, v in part.items()}
+      arrays = parallel.global_batch({k: _process_slice(v) for k, v in part.items()}, self.mesh)
+      outputs.append(_fetch(fn(self.restored.params, arrays["x"], arrays["label"]))[:rows])
+    x0_hat = np.concatenate(outputs)[:num]
+    reference = None
+    if self.mixture is not None:
+      alpha_bar = float(self.schedule.alphas_cumprod[-1])
+      reference = np.asarray(self.mixture.posterior_mean(jnp.asarray(x_T[:num]), alpha_bar))
+    out = bias.mean_prediction_stats(x0_hat, data["mean_image"], reference)
+    out["t"] = int(self.schedule.timesteps[-1])
+    out["alpha_bar"] = float(self.schedule.alphas_cumprod[-1])
+    if self.mixture is not None:
+      out["exact_data_mean_mse"] = float(np.mean((x0_hat.mean(axis=0) - self.mixture.mean) ** 2))
+    return out
+
+  # ----- 3. colour shift vs sampling steps -----
+
+  def color_shift(self, data: dict, writer) -> tuple[dict, dict, dict]:
+    generator = sampling.Generator(self.config, self.restored.model, self.mesh, self.schedule)
+    labels = generate.sample_labels(self.config, int(self.a.num_samples))
+    results, exact_results, strips = {}, {}, {}
+    for name in self.a.samplers:
+      results[name], exact_results[name], strip = [], [], []
+      for steps in self.a.sampling_steps:
+        start = time.time()
+        images = np.concatenate([b for b, _ in generate.sample_batches(
+            generator, self.restored.params, int(self.a.num_samples), jax.random.fold_in(self.rng, 0xC0),
+            batch_size=int(self.a.batch_size), sampler=name, steps=str(steps), labels=labels)])
+        row = {"sampler": name, "steps": int(steps), "seconds": round(time.time() - start, 3),
+               **color.color_shift_from_means(color.channel_means(images), data["channel_means"])}
+        if self.mixture is not None:
+          row.update(gmm_analysis.sample_quality(self.mixture, images, data["images"]))
+          exact = self._exact_samples(name, steps)
+          exact_results[name].append({"sampler": name, "steps": int(steps),
+                                      **color.color_shift_from_means(color.channel_means(exact),
+                                                                     data["channel_means"]),
+                                      **gmm_analysis.sample_quality(self.mixture, exact, data["images"])})
+        results[name].append(row)
+        strip.append(sampling.to_uint8(images[:STRIP_IMAGES]))
+        logging.info("Colour shift, %s with %s steps: %s", name, steps,
+                     {k: v for k, v in row.items() if k in ("channel_shift", "channel_fd", "mmd")})
+        writer.write_images(self.restored.step, {f"samples/{name}/steps{int(steps):04d}":
+                                                 sampling.image_grid(strip[-1], columns=STRIP_IMAGES)[None]})
+      strips[name] = np.concatenate(strip)
+    return results, (exact_results if self.mixture is not None else {}), strips
+
+  def _exact_samples(self, name: str, steps) -> np.ndarray:
+    """Samples of the exact denoiser of the mixture, with the same sampler settings as the model's."""
+    exact = gmm_analysis.exact_model_fn(self.mixture, self.schedule, self.target)
+    if self.learn_sigma:   # the variance channel at -1 means the posterior variance (fixed_small) for DDPM
+      model_fn = lambda x, t: jnp.concatenate([exact(x, t), -jnp.ones_like(x)], axis=-1)
+    else:
+      model_fn = exact
+    sample = sampling.make_sampler(self.config, self.schedule, name, str(steps))
+    run = jax.jit(lambda x_T, key: sample(model_fn, x_T, key))
+    key = jax.random.fold_in(self.rng, 0xE0)
+    x_T = jax.random.normal(jax.random.fold_in(key, 0), (int(self.a.num_samples),) + self.image_shape)
+    return np.asarray(run(x_T, jax.random.fold_in(key, 1)))
+
+
+def _scalars(result: dict) -> dict[str, float]:
+  """The TensorBoard view of a result: one scalar per bucket, first-step figure and (sampler, steps) figure."""
+  out = {}
+  for row in result["x0_error"]["buckets"]:
+    tag = f"t{row['t_min']:04d}-{row['t_max']:04d}"
+    for name in ("x0_mse", "eps_mse", "bias_mse", "bayes_mse"):
+      if name in row:
+        out[f"{name}/{tag}"] = row[name]
+    for c, value in enumerate(row["x0_signed"]):
+      out[f"x0_signed_c{c}/{tag}"] = value
+  for name in ("mean_prediction_mse", "per_sample_mse", "bias_mse"):
+    if name in result["first_step"]:
+      out[f"first_step/{name}"] = result["first_step"][name]
+  for group, curves in (("color", result["color_shift"]["samplers"]),
+                        ("color_exact", result["color_shift"].get("exact_denoiser", {}))):
+    for sampler_name, rows in curves.items():
+      for row in rows:
+        prefix = f"{group}/{sampler_name}/steps{row['steps']:04d}"
+        for name in ("channel_fd", "r_minus_g_shift", "b_minus_g_shift", "mmd", "log_likelihood_gap"):
+          if name in row:
+            out[f"{prefix}/{name}"] = row[name]
+        for c, value in enumerate(row["channel_shift"]):
+          out[f"{prefix}/channel_shift_c{c}"] = value
+  return out
+
+
+def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs the study on config.analysis.checkpoint_step of `workdir`; returns what it writes to the JSON file."""
+  config_checks.validate(config)
+  mesh = parallel.create_mesh()
+  check_analysis_config(config, mesh.devices.size)
+  restored = generate.restore_params(config, workdir, int(config.analysis.checkpoint_step),
+                                     bool(config.sampling.use_ema), mesh)
+  study = _Study(config, restored)
+  out_dir = os.path.join(workdir, "analysis")
+  writer = metric_writers.create_default_writer(out_dir, just_logging=jax.process_index() > 0)
+  seconds = {}
+  logging.info("Analysing %s of step %d in %s.", restored.params_name, restored.step, workdir)
+
+  start = time.time()
+  x0_error, data = study.x0_errors()
+  seconds["x0_error"] = time.time() - start
+  start = time.time()
+  first_step = study.first_step(data)
+  seconds["first_step"] = time.time() - start
+  start = time.time()
+  shifts, exact_shifts, strips = study.color_shift(data, writer)
+  seconds["color_shift"] = time.time() - start
+
+  d, loss = config.data, config.loss
+  result = {
+      "checkpoint_step": restored.step, "params": restored.params_name, "workdir": os.path.abspath(workdir),
+      "data": {"source": d.get("source", "embedded"), "name": d.name, "split": d.get("split", "train"),
+               "image_shape": list(study.image_shape), "num_examples": data["num_examples"]},
+      "model": {"target": loss.target, "weighting": loss.weighting, "schedule": config.diffusion.schedule,
+                "num_timesteps": int(config.diffusion.num_timesteps), "learn_sigma": study.learn_sigma},
+      "x0_error": x0_error,
+      "first_step": first_step,
+      "color_shift": {"units": "0-255", "data": color.color_stats_from_means(data["channel_means"]),
+                      "num_samples": int(config.analysis.num_samples), "clip_x0": bool(config.sampling.clip_x0),
+                      "samplers": shifts},
+      "seconds": {k: round(v, 2) for k, v in seconds.items()},
+  }
+  if exact_shifts:
+    result["color_shift"]["exact_denoiser"] = exact_shifts
+
+  stem = os.path.join(out_dir, f"step_{restored.step:08d}")
+  title = f"{loss.weighting} ({loss.target}), step {restored.step}, {restored.params_name}"
+  curves = dict(shifts)
+  curves.update({f"{k} (exact denoiser)": v for k, v in exact_shifts.items()})
+  figures = {"x0_error": plots.x0_error_figure(x0_error["buckets"], title),
+             "signed_error": plots.signed_error_figure(x0_error["buckets"], title),
+             "color_shift": plots.color_shift_figure(curves, title)}
+  for name, strip in strips.items():
+    figures[f"samples_{name}"] = sampling.image_grid(strip, columns=STRIP_IMAGES)
+  if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    result["figures"] = {}
+    for name, image in figures.items():
+      path = f"{stem}_{name}.png"
+      if name.startswith("samples_"):
+        sampling.save_png(path, image, upscale=max(1, 64 // int(config.data.image_size)))
+      else:
+        plots.save(path, image)
+      result["figures"][name] = path
+    with open(stem + ".json", "w") as f:
+      json.dump(result, f, indent=2)
+  writer.write_scalars(restored.step, _scalars(result))
+  writer.write_images(restored.step, {name: image[None] for name, image in figures.items()})
+  writer.flush()
+  logging.info("Wrote %s.json (%s).", stem, ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+  return result

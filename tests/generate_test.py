@@ -1,0 +1,153 @@
+"""--mode sample: ADM-layout files, determinism, labels, EMA vs raw params, and clear errors."""
+
+import json
+import os
+import tempfile
+
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from configs import tiny
+from debias_jax import checkpointing
+from debias_jax import config_checks
+from debias_jax import generate
+from debias_jax import sampling
+from debias_jax import train
+from debias_jax.models import unet
+
+
+def small_config(**overrides):
+  """The tiny config (8x8 digits) sampling 16 images in two batches of 8 with 3 DDIM steps.
+
+  An x0-predicting model: random params then give varied, unsaturated images (an untrained eps model's x0 estimate
+  at high noise is x_t / sqrt(alpha_bar), clipped to +-1).
+  """
+  config = tiny.get_config()
+  config.loss.target = "x0"
+  config.sampling.steps = "3"
+  config.sampling.num_samples = 16
+  config.sampling.batch_size = 8
+  for dotted, value in overrides.items():
+    node = config
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def random_params(config, seed=0, scale=0.2):
+  """Random params of the config's UNet without compiling its init (shapes only): every layer does something."""
+  rng = np.random.default_rng(seed)
+  shapes = unet.param_shapes(unet.create_model(config))
+  return jax.tree.map(lambda s: (scale * rng.standard_normal(s.shape)).astype(np.float32), shapes)
+
+
+def write_checkpoint(config, workdir, steps=(5,), params=None, ema_params=None):
+  """Saves a train state (random params unless given) at each of `steps`, and config.json, as training would."""
+  state = train.state_from_params(config, random_params(config) if params is None else params)
+  if ema_params is not None:
+    state = state.replace(ema_params=(jax.tree.map(jnp.asarray, ema_params),))
+  checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir))
+  for step in steps:
+    checkpointer.save(state.replace(step=jnp.asarray(step, jnp.int32)))
+  checkpointer.close()
+  train.save_config(config, workdir)
+  return state
+
+
+def load(path):
+  with np.load(path) as data:
+    return {k: data[k] for k in data.files}
+
+
+class SampleModeTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp()
+    cls.config = small_config()
+    cls.workdir = os.path.join(cls.tmp, "uncond")
+    write_checkpoint(cls.config, cls.workdir, steps=(5, 10))
+    cls.record = generate.sample_to_files(cls.config, cls.workdir)
+
+  def test_npz_has_the_adm_layout_and_the_grid_exists(self):
+    record = self.record
+    self.assertEqual(record["checkpoint_step"], 10)      # -1: the latest
+    self.assertEqual(os.path.basename(record["npz"]), "step_00000010_ddim_3_ema0.999_n16_seed0.npz")
+    self.assertEqual(os.path.dirname(record["npz"]), os.path.join(self.workdir, "samples"))
+    arrays = load(record["npz"])
+    self.assertEqual(sorted(arrays), ["arr_0"])           # unconditional: no labels
+    self.assertEqual(arrays["arr_0"].shape, (16, 8, 8, 1))
+    self.assertEqual(arrays["arr_0"].dtype, np.uint8)
+    self.assertGreater(np.unique(arrays["arr_0"]).size, 10)  # real images, not a constant
+    grid = np.asarray(Image.open(record["grid"]))
+    upscale = 128 // 8
+    self.assertEqual(grid.shape, (upscale * (4 * 9 + 1), upscale * (4 * 9 + 1)))   # 4x4 tiles, 1 px borders
+    expected = sampling.image_grid(arrays["arr_0"])[..., 0].repeat(upscale, 0).repeat(upscale, 1)
+    np.testing.assert_array_equal(grid, expected)
+    with open(record["npz"][:-len(".npz")] + ".json") as f:
+      self.assertEqual(json.load(f)["steps"], "3")
+
+  def test_same_seed_same_samples_and_the_stream_does_not_depend_on_the_count(self):
+    again = load(generate.sample_to_files(self.config, self.workdir)["npz"])["arr_0"]
+    np.testing.assert_array_equal(again, load(self.record["npz"])["arr_0"])
+    other_seed = load(generate.sample_to_files(small_config(seed=1), self.workdir)["npz"])["arr_0"]
+    self.assertGreater(np.abs(other_seed.astype(int) - again).mean(), 1.0)
+    first_eight = load(generate.sample_to_files(small_config(**{"sampling.num_samples": 8}),
+                                                self.workdir)["npz"])["arr_0"]
+    np.testing.assert_array_equal(first_eight, again[:8])
+
+  def test_checkpoint_step_and_raw_params(self):
+    workdir = os.path.join(self.tmp, "ema")
+    config = small_config()
+    write_checkpoint(config, workdir, steps=(3,), params=random_params(config, seed=1),
+                     ema_params=random_params(config, seed=0))
+    raw = generate.sample_to_files(small_config(**{"sampling.use_ema": False, "sampling.checkpoint_step": 3}),
+                                   workdir)
+    self.assertIn("step_00000003_ddim_3_params_n16", raw["npz"])
+    ema = generate.sample_to_files(config, workdir)
+    # The EMA params here are the params of the first workdir, sampled with the same key: the same images.
+    np.testing.assert_array_equal(load(ema["npz"])["arr_0"], load(self.record["npz"])["arr_0"])
+    self.assertGreater(np.abs(load(raw["npz"])["arr_0"].astype(int) - load(ema["npz"])["arr_0"]).mean(), 1.0)
+
+  def test_missing_checkpoint_names_the_workdir_and_what_to_run(self):
+    empty = os.path.join(self.tmp, "nothing_here")
+    with self.assertRaisesRegex(checkpointing.CheckpointError, f"No checkpoints in {empty}.*--mode train"):
+      generate.sample_to_files(self.config, empty)
+    self.assertFalse(os.path.exists(empty))
+    with self.assertRaisesRegex(checkpointing.CheckpointError, r"No checkpoint at step 7 .*\[5, 10\]"):
+      generate.sample_to_files(small_config(**{"sampling.checkpoint_step": 7}), self.workdir)
+
+  def test_a_config_that_reads_the_model_differently_is_named(self):
+    with self.assertRaisesRegex(config_checks.ConfigError, "config.loss.target: trained with 'x0', given 'v'"):
+      generate.sample_to_files(small_config(**{"loss.target": "v"}), self.workdir)
+    with self.assertRaisesRegex(config_checks.ConfigError, "sampling.labels.*unconditional"):
+      generate.sample_to_files(small_config(**{"sampling.labels": (1,)}), self.workdir)
+
+
+class ConditionalSampleTest(absltest.TestCase):
+
+  def test_labels_cycle_or_are_given_and_reach_the_model(self):
+    config = small_config(**{"data.num_classes": 10})
+    workdir = tempfile.mkdtemp()
+    write_checkpoint(config, workdir)
+    cycled = load(generate.sample_to_files(config, workdir)["npz"])
+    self.assertEqual(sorted(cycled), ["arr_0", "arr_1"])
+    np.testing.assert_array_equal(cycled["arr_1"], np.arange(16) % 10)
+    given = load(generate.sample_to_files(small_config(**{"data.num_classes": 10, "sampling.labels": (3,)}),
+                                          workdir)["npz"])
+    np.testing.assert_array_equal(given["arr_1"], np.full(16, 3))
+    # Same noise, other labels: example 3 has label 3 in both runs, example 0 does not.
+    np.testing.assert_array_equal(given["arr_0"][3], cycled["arr_0"][3])
+    self.assertGreater(np.abs(given["arr_0"][0].astype(int) - cycled["arr_0"][0]).mean(), 0.5)
+    with self.assertRaisesRegex(config_checks.ConfigError, r"sampling.labels has \[12\], outside \[0, 10\)"):
+      generate.sample_to_files(small_config(**{"data.num_classes": 10, "sampling.labels": (12,)}), workdir)
+
+
+if __name__ == "__main__":
+  absltest.main()
