@@ -23,6 +23,7 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 
+from debias_jax import checkpointing
 from debias_jax.models import unet as unet_lib
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -323,30 +324,13 @@ def convert_file(path: str, config) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # Command line.
 
-def _save(workdir: str, config, params) -> None:
-  # The training-loop owner provides save_converted(workdir, config, params): a train state at step 0 whose
-  # params and every EMA copy are `params`, so that sampling and evaluation can resume from it.
-  try:
-    from debias_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  except ModuleNotFoundError as e:
-    if e.name != "debias_jax.checkpointing":
-      raise
-    raise RuntimeError("debias_jax.checkpointing is not available, so the converted params cannot be written; "
-                       "install the full package.") from e
-  save = getattr(checkpointing, "save_converted", None)
-  if save is None:
-    raise RuntimeError("debias_jax.checkpointing has no save_converted(workdir, config, params); this version "
-                       "cannot write converted checkpoints.")
-  save(workdir, config, params)
-
-
 def run(config, checkpoint: str, workdir: str) -> dict:
   """Convert `checkpoint` for `config` and write it to `workdir`; returns the params."""
   params = convert_file(checkpoint, config)
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   print(f"Converted {checkpoint}: {count:,} parameters.")
-  _save(workdir, config, params)
-  print(f"Wrote the converted checkpoint to {workdir}.")
+  checkpointing.save_converted(workdir, config, params)
+  print(f"Wrote the converted checkpoint to {workdir}: sample, evaluate, analyse or fine-tune it from there.")
   return params
 
 

@@ -23,7 +23,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from configs import tiny
+from debias_jax import checkpointing
 from debias_jax import convert
+from debias_jax import train
 from debias_jax.models import unet
 
 _REFERENCE = os.path.join(os.path.dirname(__file__), "testdata", "guided_diffusion_reference.npz")
@@ -323,27 +326,29 @@ class FileFormatTest(absltest.TestCase):
 
 class CommandLineTest(absltest.TestCase):
 
-  def test_run_hands_params_to_save_converted(self):
-    sd = _distinct_state_dict(_expected_keys())
-    tmp = _tmpdir(self)
-    np.savez(os.path.join(tmp, "m.npz"), **sd)
-    calls = []
-    fake = mock.MagicMock(save_converted=lambda workdir, config, params: calls.append((workdir, config, params)))
-    config = _config()
-    with mock.patch.dict(sys.modules, {"debias_jax.checkpointing": fake}):
-      params = convert.run(config, os.path.join(tmp, "m.npz"), os.path.join(tmp, "out"))
-    self.assertLen(calls, 1)
-    self.assertEqual(calls[0][0], os.path.join(tmp, "out"))
-    self.assertIs(calls[0][1], config)
-    self.assertIs(calls[0][2], params)
+  def _full_config(self):
+    """_config()'s UNet inside a complete training config."""
+    config = tiny.get_config()
+    small = _config()
+    config.data.update(small.data)
+    config.model.update(small.model)
+    return config
 
-  def test_clear_error_without_save_converted(self):
+  def test_converted_checkpoint_restores_as_a_train_state(self):
     sd = _distinct_state_dict(_expected_keys())
     tmp = _tmpdir(self)
     np.savez(os.path.join(tmp, "m.npz"), **sd)
-    with mock.patch.dict(sys.modules, {"debias_jax.checkpointing": mock.MagicMock(spec=[])}):
-      with self.assertRaisesRegex(RuntimeError, "save_converted"):
-        convert.run(_config(), os.path.join(tmp, "m.npz"), tmp)
+    config, workdir = self._full_config(), os.path.join(tmp, "out")
+    params = convert.run(config, os.path.join(tmp, "m.npz"), workdir)
+    template = train.state_from_params(config, params)
+    restored = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir)).restore(template)
+    self.assertEqual(int(restored.step), 0)
+    for tree in (restored.params, restored.ema_params[0]):
+      for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    self.assertTrue(os.path.exists(os.path.join(workdir, "config.json")))
+    with self.assertRaisesRegex(checkpointing.CheckpointError, "already holds checkpoints"):
+      convert.run(config, os.path.join(tmp, "m.npz"), workdir)
 
 
 if __name__ == "__main__":
