@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from debias_jax import sampling
 from debias_jax.data import pipeline
 from debias_jax.diffusion import samplers
 from debias_jax.diffusion import schedules
@@ -32,11 +33,10 @@ def validate_sampling(config) -> None:
   s = config.sampling
   _choice(s.sampler, samplers.sampler_names(), "sampling.sampler")
   try:
-    samplers.get_sampler(s.sampler, schedules.Schedule.named(config.diffusion.schedule,
-                                                             int(config.diffusion.num_timesteps)),
-                         s.steps, target=config.loss.target)
+    sampling.make_sampler(config, sampling.training_schedule(config))
   except (ValueError, TypeError) as e:
-    raise ConfigError(f"config.sampling.steps={s.steps!r} does not work with sampler {s.sampler!r}: {e}") from e
+    raise ConfigError(f"config.sampling (sampler={s.sampler!r}, steps={s.steps!r}, "
+                      f"solver_options={dict(s.get('solver_options', {}))}): {e}") from e
   _positive_int(s.num_samples, "sampling.num_samples")
   _positive_int(s.batch_size, "sampling.batch_size")
 
