@@ -35,8 +35,8 @@ def validate_sampling(config) -> None:
   try:
     sampling.make_sampler(config, sampling.training_schedule(config))
   except (ValueError, TypeError) as e:
-    raise ConfigError(f"config.sampling (sampler={s.sampler!r}, steps={s.steps!r}, "
-                      f"solver_options={dict(s.get('solver_options', {}))}): {e}") from e
+    raise ConfigError(f"config.sampling.sampler={s.sampler!r} with sampling.steps={s.steps!r} and "
+                      f"sampling.solver_options={dict(s.get('solver_options', {}))}: {e}") from e
   _positive_int(s.num_samples, "sampling.num_samples")
   _positive_int(s.batch_size, "sampling.batch_size")
 
