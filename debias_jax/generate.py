@@ -151,8 +151,8 @@ def sample_to_files(config: ml_collections.ConfigDict, workdir: str) -> dict[str
   s = config.sampling
   config_checks.validate(config)
   num = int(s.num_samples)
-  restored = restore_params(config, workdir, int(s.get("checkpoint_step", -1)), bool(s.use_ema))
   labels = sample_labels(config, num, s.get("labels", ()))
+  restored = restore_params(config, workdir, int(s.get("checkpoint_step", -1)), bool(s.use_ema))
   generator = sampling.Generator(config, restored.model, restored.mesh)
 
   start = time.time()
