@@ -219,6 +219,11 @@ class AnalyzeModeTest(absltest.TestCase):
       np.testing.assert_allclose(row["channel_shift"], 127.5 - data_channels, atol=1e-6)
       self.assertIn("mmd", row)
     self.assertEqual([r["steps"] for r in self.result["color_shift"]["exact_denoiser"]["ddim"]], [2, 3])
+    summary = self.result["summary"]
+    np.testing.assert_allclose(summary["x0_mse_high_noise"], np.mean(self.data ** 2), rtol=1e-5)
+    np.testing.assert_allclose(summary["x0_mse_low_noise"], np.mean(self.data ** 2), rtol=1e-5)
+    self.assertEqual(summary["first_step_mse"], first["per_sample_mse"])
+    np.testing.assert_allclose(summary["ddim_max_channel_shift_few_steps"], np.max(np.abs(127.5 - data_channels)))
 
   def test_files(self):
     out = os.path.join(self.workdir, "analysis")

@@ -126,9 +126,13 @@ class _Study:
                        out_shardings=self.replicated)
     sums, image_sum, data_means, kept = None, 0.0, [], []
     keep_images = self.mixture is not None          # true samples, the reference of the exact scores
+    available = int(pipeline.dataset_info(self.config.data)["num_examples"])
+    if int(self.a.num_examples) > available:
+      logging.warning("config.analysis.num_examples=%d exceeds the %d examples of the data; using all of them.",
+                      int(self.a.num_examples), available)
     iterator = pipeline.create_eval_iterator(self.config.data, batch_size=int(self.a.batch_size),
-                                             num_examples=int(self.a.num_examples), process_index=0,
-                                             process_count=1)
+                                             num_examples=min(int(self.a.num_examples), available),
+                                             process_index=0, process_count=1)
     for i, batch in enumerate(iterator):
       local = {name: _process_slice(np.asarray(batch[name])) for name in ("image", "label", "mask")}
       arrays = parallel.global_batch(local, self.mesh)
@@ -156,24 +160,21 @@ class _Study:
 
     fn = jax.jit(run, in_shardings=(self.replicated, self.batch, self.batch), out_shardings=self.batch)
     num, devices = int(self.a.num_samples), self.mesh.devices.size
-    padded = num + (-num) % devices
-    x_T = np.asarray(jax.random.normal(jax.random.fold_in(self.rng, 0xF1), (padded,) + self.image_shape))
-    labels = np.arange(padded, dtype=np.int32) % max(self.num_classes, 1)
+    x_T = np.asarray(jax.random.normal(jax.random.fold_in(self.rng, 0xF1), (num,) + self.image_shape))
+    # Padded with zeros to a multiple of the device count (batch_size is one, so every chunk splits evenly).
+    padded = np.concatenate([x_T, np.zeros(((-num) % devices,) + self.image_shape, x_T.dtype)])
+    labels = np.arange(len(padded), dtype=np.int32) % max(self.num_classes, 1)
     chunk = int(self.a.batch_size)
     outputs = []
-    for start in range(0, padded, chunk):
-      part = {"x": x_T[start:start + chunk], "label": labels[start:start + chunk]}
-      rows = part["x"].shape[0]
-      if rows % devices:                      # only the last chunk can be short; pad it to the device count
-        extra = devices - rows % devices
-        part = {k: np.concatenate([v, v[:extra]]) for k, v in part.items()}
+    for start in range(0, len(padded), chunk):
+      part = {"x": padded[start:start + chunk], "label": labels[start:start + chunk]}
       arrays = parallel.global_batch({k: _process_slice(v) for k, v in part.items()}, self.mesh)
-      outputs.append(_fetch(fn(self.restored.params, arrays["x"], arrays["label"]))[:rows])
+      outputs.append(_fetch(fn(self.restored.params, arrays["x"], arrays["label"])))
     x0_hat = np.concatenate(outputs)[:num]
     reference = None
     if self.mixture is not None:
       alpha_bar = float(self.schedule.alphas_cumprod[-1])
-      reference = np.asarray(self.mixture.posterior_mean(jnp.asarray(x_T[:num]), alpha_bar))
+      reference = np.asarray(self.mixture.posterior_mean(jnp.asarray(x_T), alpha_bar))
     out = bias.mean_prediction_stats(x0_hat, data["mean_image"], reference)
     out["t"] = int(self.schedule.timesteps[-1])
     out["alpha_bar"] = float(self.schedule.alphas_cumprod[-1])
@@ -226,9 +227,34 @@ class _Study:
     return np.asarray(run(x_T, jax.random.fold_in(key, 1)))
 
 
+HIGH_NOISE_SNR, LOW_NOISE_SNR, FEW_STEPS = 0.1, 1.0, 10
+
+
+def summarize(result: dict) -> dict[str, float]:
+  """Headline numbers (PAPER.md section 7's predictions): errors at high noise (bucket SNR < 0.1) and low noise
+  (SNR >= 1), the first-step distance from the data mean, and the largest channel shift of samples with at most
+  10 steps."""
+  rows = result["x0_error"]["buckets"]
+  out = {}
+  for name in ("x0_mse", "bias_mse"):
+    if name in rows[0]:
+      high = [r[name] for r in rows if r["snr_geomean"] < HIGH_NOISE_SNR]
+      low = [r[name] for r in rows if r["snr_geomean"] >= LOW_NOISE_SNR]
+      if high:
+        out[f"{name}_high_noise"] = float(np.mean(high))
+      if low:
+        out[f"{name}_low_noise"] = float(np.mean(low))
+  out["first_step_mse"] = result["first_step"]["per_sample_mse"]
+  for sampler_name, curve in result["color_shift"]["samplers"].items():
+    few = [r for r in curve if r["steps"] <= FEW_STEPS]
+    if few:
+      out[f"{sampler_name}_max_channel_shift_few_steps"] = float(max(np.max(np.abs(r["channel_shift"])) for r in few))
+  return out
+
+
 def _scalars(result: dict) -> dict[str, float]:
   """The TensorBoard view of a result: one scalar per bucket, first-step figure and (sampler, steps) figure."""
-  out = {}
+  out = {f"summary/{k}": v for k, v in result["summary"].items()}
   for row in result["x0_error"]["buckets"]:
     tag = f"t{row['t_min']:04d}-{row['t_max']:04d}"
     for name in ("x0_mse", "eps_mse", "bias_mse", "bayes_mse"):
@@ -291,6 +317,7 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   }
   if exact_shifts:
     result["color_shift"]["exact_denoiser"] = exact_shifts
+  result["summary"] = summarize(result)
 
   stem = os.path.join(out_dir, f"step_{restored.step:08d}")
   title = f"{loss.weighting} ({loss.target}), step {restored.step}, {restored.params_name}"
