@@ -65,6 +65,8 @@ create_venv() {
   uv="$(command -v uv || true)"
   if [[ -z "${uv}" ]]; then
     note "no Python >= 3.11 with venv here; installing uv to get Python ${PYTHON_VERSION}"
+    python3 -m pip --version >/dev/null 2>&1 ||
+      die "no Python >= 3.11 and no pip to install uv with: sudo apt-get install -y python3-pip (or python3.11-venv), or set PYTHON."
     if ! run python3 -m pip install --user --quiet uv; then
       run python3 -m pip install --user --quiet --break-system-packages uv  # PEP 668 systems
     fi

@@ -167,6 +167,23 @@ class DryRunTest(parameterized.TestCase):
     self.assertEqual(printed(result)[0], f"+ {sys.executable} -m venv {venv}")
 
 
+  def test_install_gets_python_through_uv_where_the_system_python_is_too_old(self):
+    # A machine whose only python3 is 3.10 (as on TPU VM images): a PATH with a stand-in python3 and the tools
+    # the script needs.
+    bin_dir = tempfile.mkdtemp()
+    for tool in ("bash", "dirname", "basename"):
+      os.symlink(shutil.which(tool), os.path.join(bin_dir, tool))
+    with open(os.path.join(bin_dir, "python3"), "w") as f:
+      f.write('#!/bin/sh\ncase "$*" in\n  "-c "*) exit 1 ;;\n  "-m pip --version") echo pip 22.0 ;;\n'
+              '  "-m site --user-base") echo /home/me/.local ;;\n  *) exit 3 ;;\nesac\n')
+    os.chmod(os.path.join(bin_dir, "python3"), 0o755)
+    venv = os.path.join(tempfile.mkdtemp(), "v")
+    result = launch("install.sh", {"VENV": venv, "PATH": bin_dir}, "tpu")
+    self.assertEqual(result.returncode, 0, result.stderr)
+    self.assertEqual(printed(result)[:2], ["+ python3 -m pip install --user --quiet uv",
+                                           f"+ /home/me/.local/bin/uv venv --seed --python 3.11 {venv}"])
+
+
 class ValidationTest(parameterized.TestCase):
 
   @parameterized.parameters(
