@@ -42,21 +42,25 @@ import os
 import sys
 import time
 import numpy as np
-import jax
 from absl import app
-from debias_jax import main, train
+from debias_jax import main
 
-train_and_evaluate = train.train_and_evaluate
 
 def train_and_save(config, workdir):
-  state = train_and_evaluate(config, workdir)
+  import jax
+  from debias_jax import train
+  state = train.train_and_evaluate(config, workdir)
   local = lambda tree: [np.asarray(x.addressable_data(0)) for x in jax.tree.leaves(tree)]
   np.savez(sys.argv[1], *local(state.params), step=local(state.step)[0], process_index=jax.process_index(),
            process_count=jax.process_count(), devices=len(jax.devices()))
   return state
 
-train.train_and_evaluate = train_and_save
+
+# Imported lazily, so that processes stopped by the agreement check never import TensorFlow.
+main.MODES["train"] = ("__main__", "train_and_save")
 go = sys.argv[2]  # started early, the process imports everything, then waits for this file to exist
+if go:
+  from debias_jax import train  # pylint: disable=unused-import
 while go and not os.path.exists(go):
   time.sleep(0.05)
 app.run(main.main, argv=["debias_jax.main"] + sys.argv[3:])
