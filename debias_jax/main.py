@@ -46,10 +46,13 @@ def initialize_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  from debias_jax.data import hide_gpus_from_tensorflow  # pylint: disable=g-import-not-at-top
-  hide_gpus_from_tensorflow()  # before clu's writers initialise TensorFlow
   if FLAGS.distributed:
     initialize_distributed()
+  if jax.process_count() > 1:  # first of all: processes that disagree would hang or fail obscurely later
+    from debias_jax import multihost  # pylint: disable=g-import-not-at-top
+    multihost.check_processes_agree(FLAGS.config, workdir=FLAGS.workdir, mode=FLAGS.mode)
+  from debias_jax.data import hide_gpus_from_tensorflow  # pylint: disable=g-import-not-at-top
+  hide_gpus_from_tensorflow()  # before clu's writers initialise TensorFlow
   logging.info("JAX process %d of %d, local devices: %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
   module, function = MODES[FLAGS.mode]

@@ -8,7 +8,9 @@ from __future__ import annotations
 import functools
 import math
 
+from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -78,6 +80,8 @@ class Generator:
       x_T = jax.random.normal(jax.random.fold_in(key, 0), (padded,) + self.image_shape, jnp.float32)
       batch_labels = np.resize(np.asarray(labels[start:start + count], np.int32), padded)
       images = fn(params, x_T, jnp.asarray(batch_labels), jax.random.fold_in(key, 1))
+      if not images.is_fully_addressable:  # multi-host: every process gets every image
+        images = multihost_utils.process_allgather(images, tiled=True)
       out.append(np.asarray(jax.device_get(images))[:count])
     return np.concatenate(out) if out else np.zeros((0,) + self.image_shape, np.float32)
 
@@ -104,4 +108,5 @@ def save_png(path: str, image: np.ndarray, upscale: int = 1) -> None:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   if upscale > 1:
     image = np.repeat(np.repeat(image, upscale, axis=0), upscale, axis=1)
-  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+  with epath.Path(path).open("wb") as f:  # local or gs://
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(f, format="PNG")

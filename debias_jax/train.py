@@ -17,6 +17,7 @@ from typing import Any
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
+from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
@@ -128,14 +129,12 @@ def make_train_step(config, model, schedule):
 
 def save_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  with open(os.path.join(workdir, "config.json")) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads((epath.Path(workdir) / "config.json").read_text()))
 
 
 class _StopRequest:
@@ -173,7 +172,7 @@ def _write_samples(config, generator, state, step, workdir, writer):
   images = generator.generate(state.ema_params[0], int(config.sampling.num_samples), rng)
   grid = sampling.image_grid(sampling.to_uint8(images))
   if jax.process_index() == 0:
-    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    epath.Path(workdir, "samples").mkdir(parents=True, exist_ok=True)
     sampling.save_png(os.path.join(workdir, "samples", f"step_{step:08d}.png"), grid,
                       upscale=max(1, 128 // int(config.data.image_size)))
   writer.write_images(step, {"samples": grid[None]})
@@ -235,9 +234,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     step += steps_per_call
 
     last = step >= num_steps
-    preempted = stop.requested or checkpointer.reached_preemption(step)
-    if jax.process_count() > 1 and every(int(t.log_every)):  # every host must agree to stop together
-      preempted = bool(multihost_utils.process_allgather(np.array(preempted)).any())
+    preempted = checkpointer.reached_preemption(step)  # orbax makes every host agree on this one
+    if jax.process_count() == 1:
+      preempted = preempted or stop.requested
+    elif every(int(t.log_every) or int(t.checkpoint_every) or steps_per_call):
+      # SIGTERM reaches the hosts at different steps: they act on it together, at a step all of them check.
+      preempted = preempted or bool(multihost_utils.process_allgather(np.array(stop.requested)).any())
     if every(int(t.log_every)) or last or preempted:
       _check_finite(sums, checkpointer)
       metrics = losses.finalize_metrics(jax.device_get(sums["sums"]))
@@ -260,8 +262,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 def _append_jsonl(workdir: str, record: dict) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-      f.write(json.dumps(record) + "\n")
+    path, line = epath.Path(workdir) / "metrics.jsonl", json.dumps(record) + "\n"
+    if "://" in workdir:  # object stores cannot append: rewrite the (small) file
+      path.write_text((path.read_text() if path.exists() else "") + line)
+    else:
+      with path.open("a") as f:
+        f.write(line)
 
 
 def abstract_state(config, mesh=None) -> TrainState:
@@ -282,7 +288,7 @@ def restore_state(config, workdir: str, step: int | None = None, mesh=None) -> T
   directory = checkpointing.checkpoint_dir(workdir)
   train_hint = (f"Train first: python -m debias_jax.main --config=<the config> --workdir={workdir} (--mode train), "
                 f"or import PyTorch weights with python -m debias_jax.convert.")
-  if not os.path.isdir(directory):
+  if not epath.Path(directory).is_dir():
     raise checkpointing.CheckpointError(f"No checkpoints in {os.path.abspath(workdir)} (no {directory} folder). "
                                         f"{train_hint}")
   checkpointer = checkpointing.Checkpointer(directory, async_save=False)
