@@ -1,0 +1,25 @@
+"""The fuller comparison (at most about an hour on 2 CPU cores): digits, photo patches and the Gaussian
+mixture, one study each, in one command.
+
+    python -m debias_jax.experiments.compare --config configs/compare/full.py --workdir runs/compare_full
+
+Each study runs in WORKDIR/<name> with its own REPORT.md; WORKDIR/REPORT.md holds all three. Any field of a
+study can be overridden on the command line, e.g. --config.suite.digits.train.num_steps=3000. The same studies
+run alone with configs/compare/{digits,photo_patches,gmm}.py.
+"""
+
+import ml_collections
+
+from configs.compare import digits
+from configs.compare import gmm
+from configs.compare import photo_patches
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.title = "Loss weightings on digits, photo patches and a Gaussian mixture"
+  config.suite = ml_collections.ConfigDict()
+  config.suite.digits = digits.get_config()
+  config.suite.photo_patches = photo_patches.get_config()
+  config.suite.gmm = gmm.get_config()
+  return config

@@ -1,0 +1,521 @@
+"""The paper's comparisons (shared/PAPER.md section 6) with one command, resumable, ending in a REPORT.md.
+
+    python -m debias_jax.experiments.compare --config configs/compare/quick.py --workdir DIR
+
+A study trains several arms -- a loss weighting with a prediction target -- on the same data, seed, model and step
+budget, each in DIR/arms/<arm>, and measures them with the project's own modes:
+  1. train: `train.train_and_evaluate` with compare.num_checkpoints evenly spaced checkpoints (all kept);
+  2. iterations: `--mode eval`'s Fréchet distance of every checkpoint under compare.eval_sampler, and of the final
+     one (compare.final_step, default the last) again with a second sample seed: how much the metric moves by
+     sampling noise alone;
+  3. exact (compare.exact_every_checkpoint, for gmm): `--mode analyze` restricted to the eval sampler at every
+     other checkpoint: the exact bias and exact sample quality against the known mixture, over training;
+  4. steps: the Fréchet distance at the final checkpoint for every compare.sweep entry ("ddim:10", "ddpm:250", ...);
+  5. analysis: `--mode analyze` at the final checkpoint: per-t x0 error, first-step prediction, colour shift
+     against the number of sampling steps and, on gmm, the bias against the exact denoiser;
+  6. floor: the Fréchet distance of as many real examples as there are samples (the metric's floor at that size);
+then `report.write_report` turns the saved results into DIR/REPORT.md. Every phase skips what its output files
+already hold, so the same command resumes an interrupted study, and on a finished one only rewrites the report.
+A config with a `suite` section (configs/compare/full.py) runs several studies, each in DIR/<name>, and writes a
+report over all of them. The driver keeps a persistent XLA compilation cache (DIR/xla_cache by default) so arms
+that run the same programs (samplers of one prediction target) compile them once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from typing import Any, Iterator
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from debias_jax import checkpointing
+from debias_jax import config_checks
+from debias_jax import sampling
+from debias_jax import train
+from debias_jax.diffusion import targets
+from debias_jax.diffusion import weighting
+
+STUDY_DIR = "compare"          # DIR/compare: timings, runs, the data floor, the study's config
+ARMS_DIR = "arms"
+REPORT_FILE = "REPORT.md"
+EXACT_DATASET = "gmm"
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One row of the comparison: a weighting (with its options) trained on one prediction target."""
+  name: str
+  target: str
+  weighting: str
+  options: tuple[tuple[str, float], ...] = ()
+
+  @property
+  def directory(self) -> str:
+    return self.name.replace("@", "-at-")
+
+
+# The arms a researcher expects (PAPER.md section 4). x0 and v are prediction targets; their weights:
+#  - x0: the standard x0 objective, an unweighted x0-MSE = weighting "snr" (eps-space 1/SNR);
+#  - v: the debias objective in v form (v-MSE weight sqrt(SNR)/(1+SNR), x0-space sqrt(SNR)): the same objective
+#    as the debias arm with another network output, so it tests whether the gain is the weight's alone. The plain
+#    unweighted v-MSE (eps-space 1 + 1/SNR) is not among weighting.WEIGHTINGS; any weighting@target pair can be
+#    added as an arm, e.g. "constant@v".
+ARMS = {
+    "constant": Arm("constant", "eps", "constant"),
+    "debias": Arm("debias", "eps", "debias"),
+    "p2": Arm("p2", "eps", "p2", (("p2_k", 1.0), ("p2_gamma", 1.0))),
+    "min_snr": Arm("min_snr", "eps", "min_snr", (("min_snr_gamma", 5.0),)),
+    "x0": Arm("x0", "x0", "snr"),
+    "v": Arm("v", "v", "debias"),
+}
+
+
+def parse_arm(spec: str) -> Arm:
+  """A name of ARMS, or "weighting@target" (e.g. "constant@v": the loss section's other options as configured)."""
+  spec = str(spec).strip()
+  if spec in ARMS:
+    return ARMS[spec]
+  name, sep, target = spec.partition("@")
+  if sep and name in weighting.WEIGHTINGS and target in targets.TARGETS:
+    return Arm(spec, target, name)
+  raise config_checks.ConfigError(
+      f"config.compare.arms has {spec!r}; use one of {', '.join(ARMS)} or 'weighting@target' with a weighting in "
+      f"{', '.join(weighting.WEIGHTINGS)} and a target in {', '.join(targets.TARGETS)} (e.g. 'constant@v').")
+
+
+def parse_sampler(entry: str, field: str) -> tuple[str, str]:
+  name, sep, steps = str(entry).partition(":")
+  if not sep or not name.strip() or not steps.strip():
+    raise config_checks.ConfigError(f"config.compare.{field} has {entry!r}; write 'sampler:steps', e.g. 'ddim:20'.")
+  return name.strip(), steps.strip()
+
+
+def study_arms(config) -> list[Arm]:
+  arms = [parse_arm(a) for a in config.compare.arms]
+  names = [a.name for a in arms]
+  if not arms or len(set(names)) != len(names):
+    raise config_checks.ConfigError(f"config.compare.arms={tuple(config.compare.arms)} must name at least one arm, "
+                                    f"each once.")
+  return arms
+
+
+def checkpoint_steps(config) -> list[int]:
+  """compare.num_checkpoints evenly spaced steps ending at train.num_steps."""
+  n, total = int(config.compare.num_checkpoints), int(config.train.num_steps)
+  per_call = int(config.train.steps_per_call)
+  if n < 1 or total % n:
+    raise config_checks.ConfigError(f"config.compare.num_checkpoints={n} must be >= 1 and divide "
+                                    f"config.train.num_steps={total}.")
+  every = total // n
+  if every % per_call:
+    raise config_checks.ConfigError(f"The checkpoint interval {every} (train.num_steps / compare.num_checkpoints) "
+                                    f"is not a multiple of train.steps_per_call={per_call}.")
+  return [every * (i + 1) for i in range(n)]
+
+
+def final_step(config) -> int:
+  """The checkpoint of the sampling-steps sweep, the second sample seed and the bias analysis (default: the last)."""
+  steps = checkpoint_steps(config)
+  step = int(config.compare.get("final_step", 0)) or steps[-1]
+  if step not in steps:
+    raise config_checks.ConfigError(f"config.compare.final_step={step} is not one of the checkpoints {steps} "
+                                    f"(0 = the last).")
+  return step
+
+
+def is_exact_dataset(config) -> bool:
+  return config.data.get("source", "embedded") == "embedded" and config.data.name == EXACT_DATASET
+
+
+def eval_sampler(config) -> tuple[str, str]:
+  name, steps = parse_sampler(config.compare.eval_sampler, "eval_sampler")
+  if not steps.isdigit():
+    raise config_checks.ConfigError(f"config.compare.eval_sampler={config.compare.eval_sampler!r}: the steps must "
+                                    f"be a plain number (the bias study takes it as one).")
+  return name, steps
+
+
+def arm_config(config, arm: Arm) -> ml_collections.ConfigDict:
+  """The training config of one arm: the study's config without its compare section, with the arm's loss."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    if "compare" in c:
+      del c["compare"]
+    c.loss.target = arm.target
+    c.loss.weighting = arm.weighting
+    for key, value in arm.options:
+      c.loss[key] = value
+    steps = checkpoint_steps(config)
+    c.train.checkpoint_every = steps[0]
+    # Every planned checkpoint must survive; an interruption can add one off-grid checkpoint per resume.
+    c.train.keep_checkpoints = max(int(c.train.keep_checkpoints), len(steps) + 10)
+  return c
+
+
+def validate_study(config) -> None:
+  """Raises ConfigError naming the first bad field, before any compute."""
+  if "compare" not in config:
+    raise config_checks.ConfigError("The config has no compare section; use a configs/compare/*.py preset.")
+  arms = study_arms(config)
+  final_step(config)
+  from debias_jax.evaluation import checkpoints as eval_checkpoints  # pylint: disable=g-import-not-at-top
+  from debias_jax.evaluation import features  # pylint: disable=g-import-not-at-top
+  if (features.resolve_feature_space(config.eval, config.data) == "inception" and
+      not config.eval.get("inception_weights", "")):
+    raise config_checks.ConfigError("config.eval.feature_space is inception but config.eval.inception_weights is "
+                                    "empty; pass --config.eval.inception_weights=/path/to/the FID Inception-v3 "
+                                    "weights (see debias_jax/evaluation/inception.py), or set feature_space.")
+  name, steps = eval_sampler(config)
+  sweep = tuple(config.compare.sweep)
+  for entry in sweep:
+    parse_sampler(entry, "sweep")
+  for arm in {a.target: a for a in arms}.values():   # samplers depend on the target only
+    c = arm_config(config, arm)
+    config_checks.validate(c)
+    c.eval.sampler_steps = (f"{name}:{steps}",) + sweep
+    eval_checkpoints.parse_sampler_steps(c)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bookkeeping: timings, runs, resumable phases.
+
+
+def study_path(workdir: str, *parts: str) -> str:
+  return os.path.join(workdir, STUDY_DIR, *parts)
+
+
+def arm_dir(workdir: str, arm: Arm) -> str:
+  return os.path.join(workdir, ARMS_DIR, arm.directory)
+
+
+def append_jsonl(path: str, record: dict) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+@contextlib.contextmanager
+def timed(workdir: str, phase: str, arm: str = "") -> Iterator[dict]:
+  """Times a phase that did work (set info['skipped'] to leave it out) in DIR/compare/timings.jsonl."""
+  info = {"skipped": False}
+  start = time.time()
+  yield info
+  if not info["skipped"]:
+    append_jsonl(study_path(workdir, "timings.jsonl"),
+                 {"phase": phase, "arm": arm, "seconds": round(time.time() - start, 2), "end": time.time()})
+
+
+def saved_steps(workdir: str) -> list[int]:
+  directory = checkpointing.checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  checkpointer = checkpointing.Checkpointer(directory, async_save=False)
+  try:
+    return sorted(checkpointer.all_steps())
+  finally:
+    checkpointer.close()
+
+
+class StudyStopped(RuntimeError):
+  """Training stopped early (SIGTERM / preemption): rerun the same command to resume."""
+
+
+@contextlib.contextmanager
+def _restore_sigterm():
+  """train installs its own SIGTERM handler for the loop; put the previous one back once it returns."""
+  main = threading.current_thread() is threading.main_thread()
+  previous = signal.getsignal(signal.SIGTERM) if main else None
+  try:
+    yield
+  finally:
+    if main:
+      signal.signal(signal.SIGTERM, previous)
+
+
+def train_arm(config, workdir: str, arm: Arm) -> None:
+  c = arm_config(config, arm)
+  directory = arm_dir(workdir, arm)
+  planned = checkpoint_steps(config)
+  with timed(workdir, "train", arm.name) as info:
+    if set(planned) <= set(saved_steps(directory)):
+      info["skipped"] = True
+      return
+    logging.info("Training arm %s (%s-prediction, weighting %s) in %s.", arm.name, arm.target, arm.weighting,
+                 directory)
+    with _restore_sigterm():
+      state = train.train_and_evaluate(c, directory)
+    if int(jax.device_get(state.step)) < planned[-1]:
+      raise StudyStopped(f"Training of arm {arm.name} stopped at step {int(jax.device_get(state.step))}; rerun the "
+                         f"same command to resume.")
+  missing = sorted(set(planned) - set(saved_steps(directory)))
+  if missing:
+    raise checkpointing.CheckpointError(
+        f"Arm {arm.name} finished training but its checkpoints at steps {missing} are gone from "
+        f"{checkpointing.checkpoint_dir(directory)} (train.keep_checkpoints too small?). Delete {directory} and "
+        f"rerun to train it again.")
+
+
+def _results_path(directory: str) -> str:
+  from debias_jax.evaluation import checkpoints as eval_checkpoints  # pylint: disable=g-import-not-at-top
+  return os.path.join(directory, "eval", eval_checkpoints.RESULTS_FILE)
+
+
+def _evaluate(c, directory: str, steps: list[int], entries: tuple[str, ...]) -> int:
+  """`--mode eval` of (steps x entries) in the arm's directory (it skips what is done); returns the new results."""
+  from debias_jax.evaluation import checkpoints as eval_checkpoints  # pylint: disable=g-import-not-at-top
+  before = len(read_jsonl(_results_path(directory)))
+  c = copy.deepcopy(c)
+  c.eval.checkpoint_steps = tuple(steps)
+  c.eval.sampler_steps = tuple(entries)
+  eval_checkpoints.evaluate_checkpoints(c, directory)
+  return len(read_jsonl(_results_path(directory))) - before
+
+
+def evaluate_iterations(config, workdir: str, arm: Arm) -> None:
+  c, directory = arm_config(config, arm), arm_dir(workdir, arm)
+  entry = ":".join(eval_sampler(config))
+  steps = checkpoint_steps(config)
+  with timed(workdir, "iterations", arm.name) as info:
+    info["skipped"] = not _evaluate(c, directory, steps, (entry,))
+  offset = int(config.compare.get("second_seed_offset", 0))
+  if offset:
+    c2 = copy.deepcopy(c)
+    c2.seed = int(c.seed) + offset
+    with timed(workdir, "second_seed", arm.name) as info:
+      info["skipped"] = not _evaluate(c2, directory, [final_step(config)], (entry,))
+
+
+def evaluate_sweep(config, workdir: str, arm: Arm) -> None:
+  sweep = tuple(config.compare.sweep)
+  if not sweep:
+    return
+  c, directory = arm_config(config, arm), arm_dir(workdir, arm)
+  with timed(workdir, "steps", arm.name) as info:
+    info["skipped"] = not _evaluate(c, directory, [final_step(config)], sweep)
+
+
+def analysis_path(directory: str, step: int) -> str:
+  return os.path.join(directory, "analysis", f"step_{step:08d}.json")
+
+
+def _analysis_covers(path: str, samplers: tuple[str, ...], steps: tuple[int, ...]) -> bool:
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    result = json.load(f)
+  curves = result.get("color_shift", {}).get("samplers", {})
+  return all(name in curves and set(steps) <= {int(r["steps"]) for r in curves[name]} for name in samplers)
+
+
+def _analyze(c, directory: str, step: int, samplers: tuple[str, ...], steps: tuple[int, ...], workdir: str,
+             phase: str, arm: Arm) -> None:
+  from debias_jax.analysis import study  # pylint: disable=g-import-not-at-top
+  with timed(workdir, phase, arm.name) as info:
+    if _analysis_covers(analysis_path(directory, step), samplers, steps):
+      info["skipped"] = True
+      return
+    c = copy.deepcopy(c)
+    c.analysis.checkpoint_step = step
+    c.analysis.samplers = samplers
+    c.analysis.sampling_steps = steps
+    study.analyze(c, directory)
+
+
+def analysis_settings(config) -> tuple[tuple[str, ...], tuple[int, ...]]:
+  """The final bias study's samplers and step counts; on gmm they include the eval sampler, so the exact sample
+  quality of the last checkpoint continues the curve over iterations."""
+  samplers = tuple(config.analysis.samplers)
+  steps = tuple(int(s) for s in config.analysis.sampling_steps)
+  if is_exact_dataset(config) and bool(config.compare.get("exact_every_checkpoint", False)):
+    name, count = eval_sampler(config)
+    samplers = samplers + ((name,) if name not in samplers else ())
+    steps = tuple(sorted(set(steps) | {int(count)}))
+  return samplers, steps
+
+
+def analyze_checkpoints(config, workdir: str, arm: Arm) -> None:
+  """The bias study at every other checkpoint, with the eval sampler only (gmm: exact metrics)."""
+  if not (is_exact_dataset(config) and bool(config.compare.get("exact_every_checkpoint", False))):
+    return
+  c, directory = arm_config(config, arm), arm_dir(workdir, arm)
+  name, count = eval_sampler(config)
+  for step in checkpoint_steps(config):
+    if step == final_step(config):
+      continue
+    _analyze(c, directory, step, (name,), (int(count),), workdir, "exact", arm)
+
+
+def analyze_last(config, workdir: str, arm: Arm) -> None:
+  c, directory = arm_config(config, arm), arm_dir(workdir, arm)
+  samplers, steps = analysis_settings(config)
+  _analyze(c, directory, final_step(config), samplers, steps, workdir, "analysis", arm)
+
+
+def data_floor(config, workdir: str) -> dict:
+  """The Fréchet distance of eval.num_samples real examples against the evaluation's reference, cached.
+
+  gmm: fresh samples of the test split (independent of the reference). Other data: a random subset of the split
+  the reference is computed on, so this slightly underestimates the floor of independent samples.
+  """
+  from debias_jax.evaluation import features  # pylint: disable=g-import-not-at-top
+  num = int(config.eval.num_samples)
+  space = features.resolve_feature_space(config.eval, config.data)
+  path = study_path(workdir, "data_floor.json")
+  key = {"num_samples": num, "feature_space": space, "data": config.data.name, "seed": int(config.seed)}
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved.get("key") == key:
+      return saved
+  with timed(workdir, "floor"):
+    extractor = features.get_feature_extractor(config.eval, config.data)
+    reference = features.reference_from_config(extractor, config.eval, config.data)
+    data_config = copy.deepcopy(config.data)
+    if is_exact_dataset(config):
+      data_config.split = "test"
+      images, _, _ = features.load_dataset_arrays(data_config, num)
+      independent = True
+    else:
+      images, _, _ = features.load_dataset_arrays(data_config)
+      rng = np.random.default_rng(int(config.seed))
+      images = images[rng.choice(len(images), size=min(num, len(images)), replace=False)]
+      independent = False
+    metrics = features.evaluate_samples(extractor, sampling.to_uint8(images), reference)
+  record = {"key": key, "independent_of_reference": independent,
+            **{k: float(v) for k, v in metrics.items()}}
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(record, f, indent=2)
+  return record
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Drivers.
+
+
+PHASES = ("train", "iterations", "exact", "steps", "analysis", "floor")
+
+
+def run_study(config, workdir: str, *, command: str = "", phases: tuple[str, ...] = PHASES) -> str:
+  """Runs (or resumes) one study in workdir and writes its REPORT.md; returns the report's path."""
+  from debias_jax.experiments import report  # pylint: disable=g-import-not-at-top
+  validate_study(config)
+  arms = study_arms(config)
+  start = time.time()
+  run = {"command": command, "start": start, "load_start": list(os.getloadavg()), "phases": list(phases)}
+  if jax.process_index() == 0:
+    os.makedirs(study_path(workdir), exist_ok=True)
+    with open(study_path(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  completed = False
+  try:
+    steps = {"train": train_arm, "iterations": evaluate_iterations, "exact": analyze_checkpoints,
+             "steps": evaluate_sweep, "analysis": analyze_last}
+    for phase in PHASES:
+      if phase not in phases:
+        continue
+      if phase == "floor":
+        data_floor(config, workdir)
+        continue
+      for arm in arms:
+        steps[phase](config, workdir, arm)
+      logging.info("Study %s: phase %s done (%.0f s so far); writing the interim report.", workdir, phase,
+                   time.time() - start)
+      report.write_report(config, workdir, current_run=dict(run, seconds=time.time() - start), figures=False)
+    completed = True
+  finally:
+    run.update(end=time.time(), seconds=round(time.time() - start, 2), completed=completed,
+               load_end=list(os.getloadavg()))
+    if completed:
+      path = report.write_report(config, workdir, current_run=run)
+    append_jsonl(study_path(workdir, "runs.jsonl"), run)
+  return path
+
+
+def run(config, workdir: str, *, command: str = "", phases: tuple[str, ...] = PHASES) -> str:
+  """A study, or every study of a suite (config.suite: name -> study config, each in workdir/name)."""
+  if "suite" in config:
+    from debias_jax.experiments import report  # pylint: disable=g-import-not-at-top
+    names = list(config.suite.keys())
+    for name in names:
+      run_study(config.suite[name], os.path.join(workdir, name), command=command, phases=phases)
+    return report.write_suite_report(config, workdir, names)
+  return run_study(config, workdir, command=command, phases=phases)
+
+
+def enable_compilation_cache(directory: str) -> None:
+  """JAX's persistent compilation cache: arms sharing programs (and reruns) load them instead of compiling."""
+  os.makedirs(directory, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def command_line(argv: list[str]) -> str:
+  return " ".join(["python -m debias_jax.experiments.compare"] + [shlex.quote(a) for a in argv[1:]])
+
+
+FLAGS = flags.FLAGS
+
+
+def _exit_on_sigterm(signum, frame):
+  del frame
+  raise SystemExit(128 + signum)   # unwinds, so the run's wall time is recorded; rerun to resume
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  signal.signal(signal.SIGTERM, _exit_on_sigterm)
+  from debias_jax.data import hide_gpus_from_tensorflow  # pylint: disable=g-import-not-at-top
+  hide_gpus_from_tensorflow()
+  bad = [p for p in FLAGS.phases if p not in PHASES]
+  if bad:
+    raise app.UsageError(f"--phases has {bad}; valid: {', '.join(PHASES)}.")
+  cache = FLAGS.compilation_cache or os.path.join(FLAGS.workdir, "xla_cache")
+  if cache != "none":
+    enable_compilation_cache(cache)
+  path = run(FLAGS.config, FLAGS.workdir, command=command_line(sys.argv), phases=tuple(FLAGS.phases))
+  logging.info("Report: %s", path)
+  print(f"Report written to {path}")
+
+
+def define_flags() -> None:
+  """The command line's flags; defined only when run as a program, so importing this module next to
+  debias_jax.main (which has its own --config and --workdir) never defines a flag twice."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", None, "A configs/compare/*.py preset.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory of the study; rerunning the same command resumes it.")
+  flags.DEFINE_string("compilation_cache", "", "Persistent XLA compilation cache ('' = WORKDIR/xla_cache, "
+                      "'none' = off).")
+  flags.DEFINE_list("phases", list(PHASES), f"Phases to run, in their fixed order ({', '.join(PHASES)}); "
+                    "the report is always written.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
