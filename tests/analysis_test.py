@@ -205,6 +205,8 @@ class AnalyzeModeTest(absltest.TestCase):
       np.testing.assert_allclose(row["x0_mse"], np.mean(self.data ** 2), rtol=1e-5)
       np.testing.assert_allclose(row["x0_signed"], -self.data.mean(axis=(0, 1, 2)), atol=1e-6)
     self.assertEqual([r["t_min"] for r in rows], [0, 250, 500, 750])
+    np.testing.assert_allclose(self.result["x0_error"]["data_variance"], np.mean(np.var(self.data, axis=0)),
+                               rtol=1e-9)
 
   def test_first_step_and_colour_shift_of_a_zero_estimate(self):
     first = self.result["first_step"]

@@ -23,8 +23,9 @@ def _render(figure: Figure) -> np.ndarray:
   return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def x0_error_figure(rows: list[dict], title: str = "") -> np.ndarray:
-  """Left: per-pixel x0 MSE (and, against the exact posterior mean, bias and Bayes error) vs SNR, log-log.
+def x0_error_figure(rows: list[dict], title: str = "", data_variance: float | None = None) -> np.ndarray:
+  """Left: per-pixel x0 MSE (and, against the exact posterior mean, bias and Bayes error) vs SNR, log-log, with
+  the data variance (the error of predicting the data mean, an ideal denoiser's limit as SNR -> 0) as a line.
   Right: eps MSE vs SNR. Each point is a t bucket at its geometric-mean SNR."""
   snr = np.array([r["snr_geomean"] for r in rows])
   figure = Figure(figsize=(10, 4), dpi=100)
@@ -33,6 +34,8 @@ def x0_error_figure(rows: list[dict], title: str = "") -> np.ndarray:
   if "bias_mse" in rows[0]:
     left.loglog(snr, np.maximum([r["bias_mse"] for r in rows], 1e-12), "s-", label="E|x0_hat - E[x0|x_t]|^2 (bias)")
     left.loglog(snr, [r["bayes_mse"] for r in rows], "k--", label="E|E[x0|x_t] - x0|^2 (optimal)")
+  if data_variance is not None:
+    left.axhline(data_variance, color="grey", ls=":", label="data variance (predicting the mean)")
   left.set_xlabel("SNR(t) (bucket geometric mean)")
   left.set_ylabel("per-pixel MSE of x0 estimate")
   left.legend(fontsize=8)

@@ -124,7 +124,7 @@ class _Study:
 
     error_fn = jax.jit(run, in_shardings=(self.replicated, self.batch, self.batch, self.batch, None),
                        out_shardings=self.replicated)
-    sums, image_sum, data_means, kept = None, 0.0, [], []
+    sums, image_sum, square_sum, data_means, kept = None, 0.0, 0.0, [], []
     keep_images = self.mixture is not None          # true samples, the reference of the exact scores
     available = int(pipeline.dataset_info(self.config.data)["num_examples"])
     if int(self.a.num_examples) > available:
@@ -140,6 +140,7 @@ class _Study:
                                             arrays["mask"], jax.random.fold_in(self.rng, i)))
       images = np.asarray(batch["image"])[np.asarray(batch["mask"])]
       image_sum = image_sum + images.astype(np.float64).sum(axis=0)
+      square_sum = square_sum + (images.astype(np.float64) ** 2).sum(axis=0)
       data_means.append(color.channel_means(images))
       if keep_images:
         kept.append(images)
@@ -147,8 +148,10 @@ class _Study:
     count = int(means["count"][0])
     data = {"mean_image": image_sum / count, "channel_means": np.concatenate(data_means),
             "images": np.concatenate(kept) if kept else None, "num_examples": count}
+    # The x0 error of always predicting the data mean: where an ideal denoiser's error tends as SNR -> 0.
+    data_variance = float(np.mean(square_sum / count - (image_sum / count) ** 2))
     table = {"bucket_by": self.a.bucket_by, "num_examples": count, "units": "[-1, 1] pixel values",
-             "buckets": bias.bucket_table(self.schedule, buckets, means)}
+             "data_variance": data_variance, "buckets": bias.bucket_table(self.schedule, buckets, means)}
     return table, data
 
   # ----- 2. the first sampling step -----
@@ -323,7 +326,7 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   title = f"{loss.weighting} ({loss.target}), step {restored.step}, {restored.params_name}"
   curves = dict(shifts)
   curves.update({f"{k} (exact denoiser)": v for k, v in exact_shifts.items()})
-  figures = {"x0_error": plots.x0_error_figure(x0_error["buckets"], title),
+  figures = {"x0_error": plots.x0_error_figure(x0_error["buckets"], title, x0_error["data_variance"]),
              "signed_error": plots.signed_error_figure(x0_error["buckets"], title),
              "color_shift": plots.color_shift_figure(curves, title)}
   for name, strip in strips.items():
