@@ -109,7 +109,7 @@ class QuickPresetEndToEndTest(absltest.TestCase):
     self.assertGreaterEqual(len(verdicts), 5)
     for row in verdicts:
       self.assertIn(row[-1], ("agrees", "does not agree", "within noise", "partly", "differs beyond noise",
-                              "differs (noise unknown)"))
+                              "differs (noise unknown)", "tie (within 1%)"))
     for figure in ("metric_vs_iterations", "metric_vs_steps", "x0_error", "color_shift"):
       self.assertIn(f"figures/{figure}.png", self.text)
       self.assertTrue(os.path.exists(os.path.join(self.workdir, "figures", f"{figure}.png")))
@@ -268,6 +268,11 @@ class VerdictTest(parameterized.TestCase):
     table = markdown_tables(text.split("## Metric vs training iterations")[1])[0]
     self.assertEqual(table[0][1:3], [report.DASH, "1.5"])
     self.assertIn("No bias analysis", text)
+
+  def test_direction(self):
+    self.assertEqual(report.direction(1.0, 2.0), "agrees")
+    self.assertEqual(report.direction(2.0, 1.0), "does not agree")
+    self.assertEqual(report.direction(1.0, 1.005), "tie (within 1%)")
 
   def test_fmt(self):
     self.assertEqual(report.fmt(None), report.DASH)

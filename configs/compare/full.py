@@ -1,4 +1,4 @@
-"""The fuller comparison (at most about an hour on 2 CPU cores): digits, photo patches and the Gaussian
+"""The fuller comparison (about an hour on 2 CPU cores): digits, photo patches and the Gaussian
 mixture, one study each, in one command.
 
     python -m debias_jax.experiments.compare --config configs/compare/full.py --workdir runs/compare_full

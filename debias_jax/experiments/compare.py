@@ -28,6 +28,7 @@ import copy
 import dataclasses
 import json
 import os
+import resource
 import shlex
 import signal
 import sys
@@ -425,6 +426,8 @@ def run_study(config, workdir: str, *, command: str = "", phases: tuple[str, ...
   validate_study(config)
   arms = study_arms(config)
   start = time.time()
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  cpu_start = usage.ru_utime + usage.ru_stime
   run = {"command": command, "start": start, "load_start": list(os.getloadavg()), "phases": list(phases)}
   if jax.process_index() == 0:
     os.makedirs(study_path(workdir), exist_ok=True)
@@ -447,8 +450,9 @@ def run_study(config, workdir: str, *, command: str = "", phases: tuple[str, ...
       report.write_report(config, workdir, current_run=dict(run, seconds=time.time() - start), figures=False)
     completed = True
   finally:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     run.update(end=time.time(), seconds=round(time.time() - start, 2), completed=completed,
-               load_end=list(os.getloadavg()))
+               load_end=list(os.getloadavg()), cpu_seconds=round(usage.ru_utime + usage.ru_stime - cpu_start, 2))
     if completed:
       path = report.write_report(config, workdir, current_run=run)
     append_jsonl(study_path(workdir, "runs.jsonl"), run)

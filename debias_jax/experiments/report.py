@@ -420,6 +420,13 @@ def _compare_pair(a: float | None, b: float | None, noise: float | None) -> str:
   return "lower" if a < b else "higher"
 
 
+def direction(a: float, b: float, tolerance: float = 0.01) -> str:
+  """Verdict on "a < b" for a metric without a noise estimate: differences under `tolerance` (relative) are ties."""
+  if abs(a - b) <= tolerance * max(abs(a), abs(b)):
+    return f"tie (within {100 * tolerance:g}%)"
+  return "agrees" if a < b else "does not agree"
+
+
 def verdicts(study: Study) -> list[list[str]]:
   """[claim, paper, measured, verdict] rows, computed from the numbers."""
   rows = []
@@ -478,14 +485,13 @@ def verdicts(study: Study) -> list[list[str]]:
       if None not in bias:
         rows.append(["exact bias at high noise (mixture): debias < constant",
                      "the bias lives at high noise; debias removes most of it",
-                     f"SNR < {HIGH_NOISE_SNR}: {fmt(bias[0])} vs {fmt(bias[1])}",
-                     "agrees" if bias[0] < bias[1] else "does not agree"])
+                     f"SNR < {HIGH_NOISE_SNR}: {fmt(bias[0])} vs {fmt(bias[1])}", direction(*bias)])
       mmd = [(study.color_row(n, study.eval_name, int(study.eval_steps)) or {}).get("mmd")
              for n in ("debias", "constant")]
       if None not in mmd:
         rows.append(["exact sample quality (mixture): debias < constant", "better samples",
                      f"MMD² ({study.eval_name} {study.eval_steps}): {fmt(mmd[0])} vs {fmt(mmd[1])}",
-                     "agrees" if mmd[0] < mmd[1] else "does not agree"])
+                     direction(*mmd)])
     shifts = {}
     for name in ("debias", "constant"):
       result = study.analysis.get((name, study.last))
@@ -498,7 +504,7 @@ def verdicts(study: Study) -> list[list[str]]:
       rows.append([f"colour shift with ≤ {FEW_STEPS} sampling steps: debias < constant",
                    "constant: strong colour casts; debias: natural colour at every step count",
                    f"mean RMS shift (0–255): {fmt(shifts['debias'])} vs {fmt(shifts['constant'])}",
-                   "agrees" if shifts["debias"] < shifts["constant"] else "does not agree"])
+                   direction(shifts["debias"], shifts["constant"])])
   if {"v", "debias"} <= have:
     v, d = study.eval_fd("v", study.last), study.eval_fd("debias", study.last)
     if v is not None and d is not None:
@@ -532,14 +538,18 @@ def _timing_section(study: Study, current_run: dict | None) -> str:
                            for n in study.names] + [f"{total:.0f}"])
   runs = list(study.runs) + ([current_run] if current_run else [])
   wall = study.wall_seconds(current_run)
-  lines = [f"Wall time: **{wall / 60:.1f} min** ({wall:.0f} s) over {len(runs)} invocation(s) of the driver."]
+  cpu = sum(r.get("cpu_seconds", 0.0) for r in runs)
+  lines = [f"Wall time: **{wall / 60:.1f} min** ({wall:.0f} s) over {len(runs)} invocation(s) of the driver"
+           + (f", {cpu:.0f} s of CPU time" if cpu >= 1 else "") + ". The machine may be shared: the load "
+           "averages below say how busy it was."]
   for r in runs:
     load = r.get("load_start")
     lines.append(f"- {time.strftime('%Y-%m-%d %H:%M', time.localtime(r['start']))}: {r.get('seconds', 0):.0f} s"
                  + (", completed" if r.get("completed") else ", in progress" if r is current_run else ", stopped")
                  + (f"; load average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}" if load else "")
                  + (f", at end {r['load_end'][0]:.1f}" if r.get("load_end") else "")
-                 + f" on {os.cpu_count()} CPUs")
+                 + f" on {os.cpu_count()} CPUs"
+                 + (f"; {r['cpu_seconds']:.0f} s of CPU time (user + system)" if r.get("cpu_seconds") else ""))
   if rows:
     lines.append("\nSeconds per phase and arm (phases that did work; summed over invocations):\n")
     lines.append(markdown_table(["phase"] + study.names + ["total"], rows))
