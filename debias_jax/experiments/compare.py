@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from typing import Iterator
 
 from absl import app
 from absl import flags
@@ -47,8 +47,11 @@ from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import sampling
 from debias_jax import train
+from debias_jax.analysis import study as analysis_study
 from debias_jax.diffusion import targets
 from debias_jax.diffusion import weighting
+from debias_jax.evaluation import checkpoints as eval_checkpoints
+from debias_jax.evaluation import features
 
 STUDY_DIR = "compare"          # DIR/compare: timings, runs, the data floor, the study's config
 ARMS_DIR = "arms"
@@ -173,8 +176,6 @@ def validate_study(config) -> None:
     raise config_checks.ConfigError("The config has no compare section; use a configs/compare/*.py preset.")
   arms = study_arms(config)
   final_step(config)
-  from debias_jax.evaluation import checkpoints as eval_checkpoints  # pylint: disable=g-import-not-at-top
-  from debias_jax.evaluation import features  # pylint: disable=g-import-not-at-top
   if (features.resolve_feature_space(config.eval, config.data) == "inception" and
       not config.eval.get("inception_weights", "")):
     raise config_checks.ConfigError("config.eval.feature_space is inception but config.eval.inception_weights is "
@@ -279,13 +280,11 @@ def train_arm(config, workdir: str, arm: Arm) -> None:
 
 
 def _results_path(directory: str) -> str:
-  from debias_jax.evaluation import checkpoints as eval_checkpoints  # pylint: disable=g-import-not-at-top
   return os.path.join(directory, "eval", eval_checkpoints.RESULTS_FILE)
 
 
 def _evaluate(c, directory: str, steps: list[int], entries: tuple[str, ...]) -> int:
   """`--mode eval` of (steps x entries) in the arm's directory (it skips what is done); returns the new results."""
-  from debias_jax.evaluation import checkpoints as eval_checkpoints  # pylint: disable=g-import-not-at-top
   before = len(read_jsonl(_results_path(directory)))
   c = copy.deepcopy(c)
   c.eval.checkpoint_steps = tuple(steps)
@@ -332,7 +331,6 @@ def _analysis_covers(path: str, samplers: tuple[str, ...], steps: tuple[int, ...
 
 def _analyze(c, directory: str, step: int, samplers: tuple[str, ...], steps: tuple[int, ...], workdir: str,
              phase: str, arm: Arm) -> None:
-  from debias_jax.analysis import study  # pylint: disable=g-import-not-at-top
   with timed(workdir, phase, arm.name) as info:
     if _analysis_covers(analysis_path(directory, step), samplers, steps):
       info["skipped"] = True
@@ -341,7 +339,7 @@ def _analyze(c, directory: str, step: int, samplers: tuple[str, ...], steps: tup
     c.analysis.checkpoint_step = step
     c.analysis.samplers = samplers
     c.analysis.sampling_steps = steps
-    study.analyze(c, directory)
+    analysis_study.analyze(c, directory)
 
 
 def analysis_settings(config) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -380,7 +378,6 @@ def data_floor(config, workdir: str) -> dict:
   gmm: fresh samples of the test split (independent of the reference). Other data: a random subset of the split
   the reference is computed on, so this slightly underestimates the floor of independent samples.
   """
-  from debias_jax.evaluation import features  # pylint: disable=g-import-not-at-top
   num = int(config.eval.num_samples)
   space = features.resolve_feature_space(config.eval, config.data)
   path = study_path(workdir, "data_floor.json")
@@ -499,6 +496,7 @@ def main(argv):
   bad = [p for p in FLAGS.phases if p not in PHASES]
   if bad:
     raise app.UsageError(f"--phases has {bad}; valid: {', '.join(PHASES)}.")
+  from debias_jax.experiments import report  # pylint: disable=g-import-not-at-top,unused-import
   cache = FLAGS.compilation_cache or os.path.join(FLAGS.workdir, "xla_cache")
   if cache != "none":
     enable_compilation_cache(cache)
