@@ -35,6 +35,8 @@ from debias_jax import config_checks
 from debias_jax import parallel
 from debias_jax import sampling
 from debias_jax import train
+from debias_jax.diffusion import losses
+from debias_jax.diffusion import weighting
 from debias_jax.models import unet
 
 SYNTHETIC_NOTE = ("synthetic inputs of the config's shape (uniform images in [-1, 1], random labels); "
@@ -168,6 +170,22 @@ def _train_flops_per_step(config, model, schedule, compiled, state, sums, batch,
   return float(flops) / counted
 
 
+def loss_dtype(config, model, schedule, params, batch) -> str:
+  """The dtype of the training loss that train.make_train_step differentiates (from shapes only, no FLOPs)."""
+  loss_fn = losses.make_loss_fn(schedule, weighting.loss_weights_from_config(schedule, config.loss),
+                                config.loss.target, bool(config.model.learn_sigma))
+  conditional = int(config.data.get("num_classes", 0)) > 0
+  key = jax.random.key(0)
+
+  def loss(p, images, labels):
+    predict = lambda x, t: model.apply({"params": p}, x, t, labels if conditional else None, train=True,
+                                       rngs={"dropout": key})
+    return loss_fn(predict, images, key)[0]
+
+  one_step = lambda x: jax.ShapeDtypeStruct(x.shape[-4:] if x.ndim >= 4 else x.shape[-1:], x.dtype)
+  return str(jax.eval_shape(loss, params, one_step(batch["image"]), one_step(batch["label"])).dtype)
+
+
 def benchmark_train(config, mesh, model, schedule, *, steps: int, warmup_calls: int, log: Callable) -> tuple:
   """Times the jitted train step; returns (figures, final state)."""
   steps_per_call = int(config.train.steps_per_call)
@@ -190,24 +208,24 @@ def benchmark_train(config, mesh, model, schedule, *, steps: int, warmup_calls: 
   for _ in range(warmup_calls):
     state, sums = compiled(state, sums, batch)
   jax.block_until_ready((state, sums))
-  loss_dtype = str(sums["sums"]["loss"][0].dtype)
   calls = max(1, math.ceil(steps / steps_per_call))
   log(f"Timing {calls} call(s) = {calls * steps_per_call} train steps ...")
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   for _ in range(calls):
     state, sums = compiled(state, sums, batch)
   jax.block_until_ready((state, sums))
-  seconds = time.perf_counter() - start
+  seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
   if int(jax.device_get(sums["first_nonfinite_step"])) != train.NO_NONFINITE_STEP:
     log("Warning: the loss became non-finite during the benchmark (the timing is still valid).")
 
   timed_steps = calls * steps_per_call
   images_per_s = timed_steps * batch_size / seconds
   out = {"batch_size": batch_size, "steps_per_call": steps_per_call, "warmup_calls": warmup_calls,
-         "timed_calls": calls, "timed_steps": timed_steps, "seconds": seconds,
+         "timed_calls": calls, "timed_steps": timed_steps, "seconds": seconds, "process_cpu_seconds": cpu_seconds,
          "ms_per_step": 1000.0 * seconds / timed_steps, "images_per_s": images_per_s,
          "images_per_s_per_device": images_per_s / devices, "lower_s": lower_s, "compile_s": compile_s,
-         "loss_dtype": loss_dtype, "xla_memory_per_device": _memory_analysis(compiled)}
+         "loss_dtype": loss_dtype(config, model, schedule, state.params, batch),
+         "xla_memory_per_device": _memory_analysis(compiled)}
   if flops_per_step:
     # The compiled program is the per-device program: it holds batch_size / devices examples.
     out["flops_per_step_per_device"] = flops_per_step
@@ -229,24 +247,26 @@ def benchmark_sampler(config, mesh, model, schedule, params, *, sampler: str, st
   jitted = generator._compiled(sampler, str(steps))  # pylint: disable=protected-access  (the very same program)
   rng = np.random.default_rng(1 + jax.process_index())
   local = (_local(batch_size),) + generator.image_shape
-  x_T = parallel.global_batch({"x": rng.standard_normal(local).astype(np.float32),
-                               "y": (np.arange(local[0]) % max(generator.num_classes, 1)).astype(np.int32)}, mesh)
+  inputs = parallel.global_batch({"x_T": rng.standard_normal(local).astype(np.float32),
+                                  "labels": (np.arange(local[0]) % max(generator.num_classes, 1)).astype(np.int32)},
+                                 mesh)
+  x_T, labels = inputs["x_T"], inputs["labels"]
   key = jax.random.key(int(config.seed))
   log(f"Compiling {sampler.upper()}-{steps} (batch {batch_size}) ...")
-  compiled, lower_s, compile_s = _compile(jitted, params, x_T["x"], x_T["y"], key)
+  compiled, lower_s, compile_s = _compile(jitted, params, x_T, labels, key)
   keys = [jax.random.fold_in(key, b) for b in range(warmup_batches + batches)]
   if warmup_batches:
     log(f"Warm-up: {warmup_batches} batch(es) ...")
-    jax.block_until_ready([compiled(params, x_T["x"], x_T["y"], k) for k in keys[:warmup_batches]])
+    jax.block_until_ready([compiled(params, x_T, labels, k) for k in keys[:warmup_batches]])
   keys = jax.block_until_ready(keys[warmup_batches:])
   log(f"Timing {batches} batch(es) of {sampler.upper()}-{steps} ...")
-  start = time.perf_counter()
-  outputs = [compiled(params, x_T["x"], x_T["y"], k) for k in keys]
+  start, cpu_start = time.perf_counter(), time.process_time()
+  outputs = [compiled(params, x_T, labels, k) for k in keys]
   jax.block_until_ready(outputs)
-  seconds = time.perf_counter() - start
+  seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
   images_per_s = batches * batch_size / seconds
   out = {"sampler": sampler, "steps": steps, "batch_size": batch_size, "warmup_batches": warmup_batches,
-         "batches": batches, "seconds": seconds,
+         "batches": batches, "seconds": seconds, "process_cpu_seconds": cpu_seconds,
          "images_per_s": images_per_s, "images_per_s_per_device": images_per_s / devices,
          "network_evals_per_s": images_per_s * steps, "lower_s": lower_s, "compile_s": compile_s,
          "xla_memory_per_device": _memory_analysis(compiled)}
@@ -359,6 +379,11 @@ def _table(rows) -> str:
   return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
 
+def _cpu_text(figures) -> str:
+  cpu, wall = figures["process_cpu_seconds"], figures["seconds"]
+  return f"{_num(cpu)} s in {_num(wall)} s wall ({_num(cpu / wall)} cores busy on average)"
+
+
 def format_report(results: dict) -> str:
   """Readable tables of every figure in `results`."""
   s, m, t = results["system"], results["model"], results["train"]
@@ -375,6 +400,7 @@ def format_report(results: dict) -> str:
   rows = [("global batch", _num(t["batch_size"])), ("steps per call", _num(t["steps_per_call"])),
           ("timed steps", f"{t['timed_steps']} ({t['timed_calls']} calls after {t['warmup_calls']} warm-up)"),
           ("time per step", f"{_num(t['ms_per_step'])} ms"),
+          ("process CPU time", _cpu_text(t)),
           ("images/s (total)", _num(t["images_per_s"])),
           ("images/s per device", _num(t["images_per_s_per_device"])),
           ("compile time", f"{_num(t['compile_s'])} s (+ {_num(t['lower_s'])} s tracing/lowering)"),
@@ -394,7 +420,7 @@ def format_report(results: dict) -> str:
       continue
     rows = [("steps (network evaluations)", _num(f["steps"])), ("batch", _num(f["batch_size"])),
             ("timed batches", f"{f['batches']} (after {f['warmup_batches']} warm-up)"),
-            ("seconds", _num(f["seconds"])),
+            ("seconds", _num(f["seconds"])), ("process CPU time", _cpu_text(f)),
             ("images/s (total)", _num(f["images_per_s"])),
             ("images/s per device", _num(f["images_per_s_per_device"])),
             ("compile time", f"{_num(f['compile_s'])} s (+ {_num(f['lower_s'])} s tracing/lowering)"),
@@ -454,14 +480,10 @@ def define_flags(flag_values=None, argv=None):
   return fv
 
 
-def main(argv, flag_values=None):
-  """Runs the benchmark from parsed flags, prints the tables and a README row, and writes --output."""
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
+def run_from_flags(flag_values) -> dict:
+  """Runs the benchmark from parsed flags, prints the tables and a README row, writes --output; returns figures."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  f = flags.FLAGS if flag_values is None else flag_values
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  f = flag_values
   results = run(f.config, train_steps=f.train_steps, warmup_calls=f.warmup_calls, sample_batches=f.sample_batches,
                 sample_warmup_batches=f.sample_warmup_batches, sample_batch_size=f.sample_batch_size or None,
                 ddim_steps=f.ddim_steps, ddpm_steps=f.ddpm_steps)
@@ -483,6 +505,14 @@ def main(argv, flag_values=None):
       json.dump(results, out, indent=2)
     print(f"Wrote {f.output}")
   return results
+
+
+def main(argv):
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  run_from_flags(flags.FLAGS)
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ class BenchmarkTest(parameterized.TestCase):
       flag_values(argv)
       stdout = io.StringIO()
       with contextlib.redirect_stdout(stdout):
-        returned = benchmark.main(["benchmark"], flag_values)
+        returned = benchmark.run_from_flags(flag_values)
       with open(out) as f:
         results = json.load(f)
     self.assertEqual(results, json.loads(json.dumps(returned)))

@@ -170,6 +170,12 @@ class QuickPresetEndToEndTest(absltest.TestCase):
     timings = compare.read_jsonl(compare.study_path(workdir, "timings.jsonl"))
     self.assertEqual([(t["phase"], t["arm"]) for t in timings[-1:]], [("steps", "debias")])
 
+  def test_a_changed_training_config_is_refused(self):
+    config = copy.deepcopy(self.config)
+    config.optim.learning_rate = 3e-4
+    with self.assertRaisesRegex(config_checks.ConfigError, r"(?s)optim: trained with .*new --workdir"):
+      compare.run(config, self.workdir)
+
 
 class ConfigTest(parameterized.TestCase):
 

@@ -256,6 +256,35 @@ def _restore_sigterm():
       signal.signal(signal.SIGTERM, previous)
 
 
+# What makes two trainings the same up to their length: a resumed study must not mix in arms trained otherwise.
+TRAINING_FIELDS = ("seed", "data", "model", "diffusion", "loss", "optim", "ema_rates", "train.batch_size",
+                   "train.steps_per_call")
+
+
+def _field(config, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    if part not in node:
+      return None
+    node = node[part]
+  if isinstance(node, ml_collections.ConfigDict):
+    node = node.to_dict()
+  return json.loads(json.dumps(node, default=list, sort_keys=True))
+
+
+def check_same_training(c, directory: str) -> None:
+  """Raises ConfigError if the arm in `directory` was trained with another config than `c` (its length aside)."""
+  if not os.path.exists(os.path.join(directory, "config.json")):
+    return
+  saved = train.load_config(directory)
+  differences = [f"{field}: trained with {_field(saved, field)!r}, now {_field(c, field)!r}"
+                 for field in TRAINING_FIELDS if _field(saved, field) != _field(c, field)]
+  if differences:
+    raise config_checks.ConfigError(
+        f"{directory} was trained with another config:\n  " + "\n  ".join(differences) +
+        "\nUse a new --workdir for a changed study (or delete that arm's folder to retrain it).")
+
+
 def train_arm(config, workdir: str, arm: Arm) -> None:
   c = arm_config(config, arm)
   directory = arm_dir(workdir, arm)
@@ -422,6 +451,8 @@ def run_study(config, workdir: str, *, command: str = "", phases: tuple[str, ...
   from debias_jax.experiments import report  # pylint: disable=g-import-not-at-top
   validate_study(config)
   arms = study_arms(config)
+  for arm in arms:   # before anything is written: a refused study leaves the saved one as it was
+    check_same_training(arm_config(config, arm), arm_dir(workdir, arm))
   start = time.time()
   usage = resource.getrusage(resource.RUSAGE_SELF)
   cpu_start = usage.ru_utime + usage.ru_stime

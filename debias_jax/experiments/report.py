@@ -270,6 +270,10 @@ def figure_x0_error(study: Study) -> str | None:
         values = [max(r[key], 1e-12) for r in rows]
       drawn = True
       axis.plot(snr, values, label=name, **_arm_style(k))
+    variance = next((study.analysis[(n, study.last)]["x0_error"].get("data_variance") for n in study.names
+                     if (n, study.last) in study.analysis), None)
+    if key == "x0_mse" and variance is not None:
+      axis.axhline(variance, color="grey", ls="--", lw=1.0, label="data variance (predicting the mean)")
     if key == "bias_mse" and study.buckets(study.names[0]):
       rows = study.buckets(study.names[0])
       axis.plot([r["snr_geomean"] for r in rows], [r["bayes_mse"] for r in rows], "k--",
@@ -379,7 +383,13 @@ def x0_error_tables(study: Study) -> list[str]:
         rows[-1].append(fmt(b.get("bayes_mse")))
     header = ["t"] + study.names + ["SNR (geo. mean)"] + (["optimal E|E[x0|x_t] − x0|²"] if key == "bias_mse"
                                                         else [])
-    out.append(f"{label}, at step {study.last}:\n\n" + markdown_table(header, rows))
+    note = ""
+    variance = next((study.analysis[(n, study.last)]["x0_error"].get("data_variance") for n in study.names
+                     if (n, study.last) in study.analysis), None)
+    if key == "x0_mse" and variance is not None:
+      note = (f"\n\nPredicting the data mean scores {fmt(variance)} (the data variance per pixel): the ideal x0 "
+              f"error at the highest noise.")
+    out.append(f"{label}, at step {study.last}:\n\n" + markdown_table(header, rows) + note)
   first = [study.analysis.get((n, study.last), {}).get("first_step", {}) for n in study.names]
   rows = [["mean prediction vs data mean (MSE)"] + [fmt(f.get("mean_prediction_mse")) for f in first],
           ["channel shift of the mean prediction"] + [fmt(f.get("channel_shift")) for f in first]]
