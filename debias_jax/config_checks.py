@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import ml_collections
+
 from debias_jax import sampling
 from debias_jax.data import pipeline
 from debias_jax.diffusion import samplers
@@ -13,6 +17,44 @@ from debias_jax.models import unet
 
 class ConfigError(ValueError):
   pass
+
+
+def _plain(value):
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  return json.loads(json.dumps(value, default=list))
+
+
+_MISSING = object()
+
+
+def _lookup(config, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    if part not in node:
+      return _MISSING
+    node = node[part]
+  return node
+
+
+def differences_from_saved(config, saved, fields, ignore=()) -> list[str]:
+  """'config.F: trained with X, given Y' for every field (dotted; sections key by key) where config and saved differ.
+
+  Fields or keys absent on either side (a config.json written by an older version) are not compared.
+  """
+  differences = []
+  for field in fields:
+    ours, theirs = _lookup(config, field), _lookup(saved, field)
+    if theirs is _MISSING or ours is _MISSING:
+      continue
+    ours, theirs = _plain(ours), _plain(theirs)
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+      pairs = [(f"{field}.{k}", ours[k], theirs[k]) for k in theirs if k in ours]
+    else:
+      pairs = [(field, ours, theirs)]
+    differences += [f"config.{name}: trained with {t!r}, given {o!r}" for name, o, t in pairs
+                    if o != t and name not in ignore]
+  return differences
 
 
 def _require(condition: bool, message: str) -> None:

@@ -47,24 +47,6 @@ class Restored:
   mesh: Any
 
 
-def _plain(value):
-  if isinstance(value, ml_collections.ConfigDict):
-    value = value.to_dict()
-  return json.loads(json.dumps(value, default=list))
-
-
-_MISSING = object()
-
-
-def _lookup(config, dotted: str):
-  node = config
-  for part in dotted.split("."):
-    if part not in node:
-      return _MISSING
-    node = node[part]
-  return node
-
-
 def check_matches_training(config, workdir: str) -> None:
   """Raises ConfigError if the config reads the network differently from the run saved in workdir/config.json.
 
@@ -73,19 +55,8 @@ def check_matches_training(config, workdir: str) -> None:
   if not os.path.exists(os.path.join(workdir, "config.json")):
     logging.warning("No config.json in %s: cannot check that the config matches the trained model.", workdir)
     return
-  saved = train.load_config(workdir)
-  differences = []
-  for field in _MODEL_DEFINING_FIELDS:
-    ours, theirs = _lookup(config, field), _lookup(saved, field)
-    if theirs is _MISSING or ours is _MISSING:
-      continue
-    ours, theirs = _plain(ours), _plain(theirs)
-    if isinstance(ours, dict):
-      pairs = [(f"{field}.{k}", ours.get(k), theirs[k]) for k in theirs if k in ours]
-    else:
-      pairs = [(field, ours, theirs)]
-    differences += [f"config.{name}: trained with {t!r}, given {o!r}" for name, o, t in pairs
-                    if o != t and name not in _FREE_MODEL_FIELDS]
+  differences = config_checks.differences_from_saved(config, train.load_config(workdir), _MODEL_DEFINING_FIELDS,
+                                                     ignore=_FREE_MODEL_FIELDS)
   if differences:
     raise config_checks.ConfigError(
         f"The config does not describe the model trained in {workdir}:\n  " + "\n  ".join(differences) +

@@ -173,7 +173,7 @@ class QuickPresetEndToEndTest(absltest.TestCase):
   def test_a_changed_training_config_is_refused(self):
     config = copy.deepcopy(self.config)
     config.optim.learning_rate = 3e-4
-    with self.assertRaisesRegex(config_checks.ConfigError, r"(?s)optim: trained with .*new --workdir"):
+    with self.assertRaisesRegex(config_checks.ConfigError, r"(?s)config.optim.learning_rate: trained with 0.001, given 0.0003.*new --workdir"):
       compare.run(config, self.workdir)
 
 

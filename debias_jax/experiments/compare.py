@@ -261,24 +261,11 @@ TRAINING_FIELDS = ("seed", "data", "model", "diffusion", "loss", "optim", "ema_r
                    "train.steps_per_call")
 
 
-def _field(config, dotted: str):
-  node = config
-  for part in dotted.split("."):
-    if part not in node:
-      return None
-    node = node[part]
-  if isinstance(node, ml_collections.ConfigDict):
-    node = node.to_dict()
-  return json.loads(json.dumps(node, default=list, sort_keys=True))
-
-
 def check_same_training(c, directory: str) -> None:
   """Raises ConfigError if the arm in `directory` was trained with another config than `c` (its length aside)."""
   if not os.path.exists(os.path.join(directory, "config.json")):
     return
-  saved = train.load_config(directory)
-  differences = [f"{field}: trained with {_field(saved, field)!r}, now {_field(c, field)!r}"
-                 for field in TRAINING_FIELDS if _field(saved, field) != _field(c, field)]
+  differences = config_checks.differences_from_saved(c, train.load_config(directory), TRAINING_FIELDS)
   if differences:
     raise config_checks.ConfigError(
         f"{directory} was trained with another config:\n  " + "\n  ".join(differences) +
