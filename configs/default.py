@@ -62,7 +62,7 @@ def get_config():
   loss.normalize_weights = False  # scale eps-space weights to mean 1 over t (the authors did not)
 
   config.optim = optim = ml_collections.ConfigDict()
-  optim.learning_rate = 2e-4
+  optim.learning_rate = 5e-4
   optim.weight_decay = 0.0
   optim.b1 = 0.9
   optim.b2 = 0.999
@@ -70,15 +70,16 @@ def get_config():
   optim.warmup_steps = 0
   optim.grad_clip_norm = 0.0      # > 0: clip the global gradient norm
 
-  config.ema_rates = (0.999,)     # the first rate's params are used for sampling and evaluation
+  config.ema_rates = (0.995,)     # the first rate's params are used for sampling and evaluation (0.995: a
+                                  # 1000-step run; the paper's 0.9999 suits 100k+ steps)
 
   config.train = train = ml_collections.ConfigDict()
-  train.batch_size = 64           # global, over all devices and hosts
-  train.num_steps = 3000
+  train.batch_size = 32           # global, over all devices and hosts
+  train.num_steps = 1000
   train.steps_per_call = 1        # > 1: several steps per jitted call (lax.scan), for small models
   train.log_every = 100
-  train.sample_every = 1000
-  train.checkpoint_every = 1000
+  train.sample_every = 500
+  train.checkpoint_every = 500
   train.keep_checkpoints = 3
 
   config.sampling = sampling = ml_collections.ConfigDict()
