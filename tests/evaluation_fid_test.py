@@ -5,6 +5,7 @@ import os
 import pickle
 import shutil
 import tempfile
+from unittest import mock
 
 import numpy as np
 from absl.testing import absltest
@@ -182,6 +183,22 @@ class PrecisionRecallTest(absltest.TestCase):
     self.assertAlmostEqual(recall, brute_inside(ref, samples, brute_radii(samples)))
     self.assertGreater(precision, 0.0)
     self.assertLess(precision, 1.0)
+
+  def test_reference_radii_are_computed_once_per_reference_and_k(self):
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal((40, 4)).astype(np.float32)
+    with mock.patch.object(fid, "manifold_radii", wraps=fid.manifold_radii) as computed:
+      first = fid.reference_radii(ref, 3)
+      again = fid.reference_radii(ref.copy(), 3)           # same content, another array
+      other_k = fid.reference_radii(ref, 2)
+      changed = ref.copy()
+      changed[0, 0] += 1.0
+      other_data = fid.reference_radii(changed, 3)
+    self.assertEqual(computed.call_count, 3)
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_allclose(first, fid.manifold_radii(ref, 3))
+    np.testing.assert_allclose(other_k, fid.manifold_radii(ref, 2))
+    np.testing.assert_allclose(other_data, fid.manifold_radii(changed, 3))
 
   def test_too_few_points_raise(self):
     with self.assertRaisesRegex(ValueError, "more than 3"):
