@@ -46,7 +46,7 @@ class EvalModeTest(absltest.TestCase):
     for record in self.records:
       self.assertEqual(record["num_samples"], 16)
       self.assertEqual(record["feature_space"], "pixels")
-      self.assertEqual(record["params"], "ema0.999")
+      self.assertEqual(record["params"], f"ema{self.config.ema_rates[0]}")
       self.assertEqual(record["reference"], "data:embedded/digits/train/64")
       self.assertGreater(record["fid"], 0.0)
       self.assertTrue(0.0 <= record["precision"] <= 1.0 and 0.0 <= record["recall"] <= 1.0)

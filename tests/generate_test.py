@@ -82,7 +82,8 @@ class SampleModeTest(absltest.TestCase):
   def test_npz_has_the_adm_layout_and_the_grid_exists(self):
     record = self.record
     self.assertEqual(record["checkpoint_step"], 10)      # -1: the latest
-    self.assertEqual(os.path.basename(record["npz"]), "step_00000010_ddim_3_ema0.999_n16_seed0.npz")
+    self.assertEqual(os.path.basename(record["npz"]),
+                     f"step_00000010_ddim_3_ema{self.config.ema_rates[0]}_n16_seed0.npz")
     self.assertEqual(os.path.dirname(record["npz"]), os.path.join(self.workdir, "samples"))
     arrays = load(record["npz"])
     self.assertEqual(sorted(arrays), ["arr_0"])           # unconditional: no labels
