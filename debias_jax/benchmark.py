@@ -28,7 +28,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from debias_jax import config_checks
@@ -411,7 +410,7 @@ def format_report(results: dict) -> str:
           ("fraction of peak", _num(t.get("fraction_of_peak"))),
           ("XLA memory per device", _bytes(t["xla_memory_per_device"].get("total_bytes"))
            + " (arguments + outputs - donated + temporaries)"),
-          (f"peak memory so far", f"{_bytes(t['peak_memory_bytes'])} ({t['peak_memory_kind']})")]
+          ("peak memory so far", f"{_bytes(t['peak_memory_bytes'])} ({t['peak_memory_kind']})")]
   lines.append(_table(rows))
   for name, f in results["sampling"].items():
     lines += ["", f"Sampling {name.upper()} ({platform})"]

@@ -28,6 +28,7 @@ import optax
 
 from debias_jax import checkpointing
 from debias_jax import config_checks
+from debias_jax import jsonl
 from debias_jax import parallel
 from debias_jax import sampling
 from debias_jax.data import pipeline
@@ -244,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       _check_finite(sums, checkpointer)
       metrics = losses.finalize_metrics(jax.device_get(sums["sums"]))
       writer.write_scalars(step, metrics)
-      _append_jsonl(workdir, {"step": step, **metrics})
+      jsonl.append(os.path.join(workdir, "metrics.jsonl"), {"step": step, **metrics})
       sums = fresh_sums()
     if every(int(t.checkpoint_every)) or last or preempted:
       _check_finite(sums, checkpointer)
@@ -258,16 +259,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   checkpointer.close()
   writer.flush()
   return state
-
-
-def _append_jsonl(workdir: str, record: dict) -> None:
-  if jax.process_index() == 0:
-    path, line = epath.Path(workdir) / "metrics.jsonl", json.dumps(record) + "\n"
-    if "://" in workdir:  # object stores cannot append: rewrite the (small) file
-      path.write_text((path.read_text() if path.exists() else "") + line)
-    else:
-      with path.open("a") as f:
-        f.write(line)
 
 
 def abstract_state(config, mesh=None) -> TrainState:

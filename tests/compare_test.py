@@ -13,9 +13,9 @@ from absl.testing import parameterized
 
 from configs.compare import quick
 from debias_jax import config_checks
+from debias_jax import jsonl
 from debias_jax import train
 from debias_jax.analysis import study as analysis_study
-from debias_jax.evaluation import checkpoints as eval_checkpoints
 from debias_jax.experiments import compare
 from debias_jax.experiments import report
 
@@ -118,7 +118,7 @@ class QuickPresetEndToEndTest(absltest.TestCase):
   def test_the_report_numbers_are_the_saved_results(self):
     for arm in compare.study_arms(self.config):
       directory = compare.arm_dir(self.workdir, arm)
-      records = eval_checkpoints.load_results(os.path.join(directory, "eval", "results.jsonl"))
+      records = jsonl.read(os.path.join(directory, "eval", "results.jsonl"))
       got = sorted((r["checkpoint_step"], r["sampler"], r["steps"], r["seed"]) for r in records)
       self.assertEqual(got, sorted([(2, "ddim", "2", 0), (4, "ddim", "2", 0), (4, "ddim", "2", 1),
                                     (4, "ddpm", "3", 0)]))
@@ -164,10 +164,10 @@ class QuickPresetEndToEndTest(absltest.TestCase):
     with mock.patch.object(train, "train_and_evaluate", side_effect=AssertionError("trained again")), \
          mock.patch.object(analysis_study, "analyze", side_effect=AssertionError("analysed again")):
       compare.run(self.config, workdir, phases=("train", "iterations", "steps", "analysis"))
-    redone = [r for r in eval_checkpoints.load_results(results) if r["sampler"] == "ddpm"]
+    redone = [r for r in jsonl.read(results) if r["sampler"] == "ddpm"]
     self.assertLen(redone, 1)
     self.assertEqual(redone[0]["fid"], dropped[0]["fid"])   # the same samples: the result is reproducible
-    timings = compare.read_jsonl(compare.study_path(workdir, "timings.jsonl"))
+    timings = jsonl.read(compare.study_path(workdir, "timings.jsonl"))
     self.assertEqual([(t["phase"], t["arm"]) for t in timings[-1:]], [("steps", "debias")])
 
   def test_a_changed_training_config_is_refused(self):

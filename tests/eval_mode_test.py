@@ -1,6 +1,5 @@
 """--mode eval: results that name their settings, agreement with --mode sample's files, resumption, errors."""
 
-import json
 import os
 import sys
 import tempfile
@@ -11,6 +10,7 @@ import numpy as np
 
 from debias_jax import checkpointing
 from debias_jax import config_checks
+from debias_jax import jsonl
 from debias_jax import generate
 from debias_jax.evaluation import checkpoints
 from debias_jax.evaluation import features
@@ -52,7 +52,7 @@ class EvalModeTest(absltest.TestCase):
       self.assertTrue(0.0 <= record["precision"] <= 1.0 and 0.0 <= record["recall"] <= 1.0)
     self.assertEqual(self.records[0]["sampler_options"], {"eta": 0.0, "clip_x0": True})
     self.assertNotEqual(self.records[0]["fid"], self.records[2]["fid"])   # other params, other samples
-    self.assertEqual(checkpoints.load_results(self.results_path)[:4], self.records)
+    self.assertEqual(jsonl.read(self.results_path)[:4], self.records)
     self.assertTrue(any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.dirname(self.results_path))))
 
   def test_fid_is_that_of_the_sample_mode_files(self):
@@ -74,7 +74,7 @@ class EvalModeTest(absltest.TestCase):
         eval_config(self.tmp, **{"eval.checkpoint_steps": (10,), "eval.num_samples": 24}), self.workdir)
     self.assertEqual([(r["checkpoint_step"], r["sampler"], r["steps"], r["num_samples"]) for r in more],
                      [(10, "ddim", "3", 24)])
-    lines = checkpoints.load_results(self.results_path)
+    lines = jsonl.read(self.results_path)
     self.assertLen(lines, 5)
     self.assertEqual(lines[-1], more[0])
 
@@ -111,7 +111,7 @@ class CommandLineTest(absltest.TestCase):
     with flagsaver.flagsaver(), mock.patch.object(sys, "argv", argv):   # config_flags reads overrides from sys.argv
       flags.FLAGS(argv)
       main.main(["main"])
-    records = checkpoints.load_results(os.path.join(workdir, "eval", "results.jsonl"))
+    records = jsonl.read(os.path.join(workdir, "eval", "results.jsonl"))
     self.assertEqual([(r["checkpoint_step"], r["sampler"], r["steps"], r["num_samples"]) for r in records],
                      [(20, "ddim", "2", 8)])
 

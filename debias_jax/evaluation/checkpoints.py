@@ -26,6 +26,7 @@ import ml_collections
 
 from debias_jax import checkpointing
 from debias_jax import config_checks
+from debias_jax import jsonl
 from debias_jax import generate
 from debias_jax import parallel
 from debias_jax import sampling
@@ -97,13 +98,6 @@ def result_key(record: dict) -> str:
   return json.dumps({k: record.get(k) for k in KEY_FIELDS}, sort_keys=True)
 
 
-def load_results(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
   """Evaluates the requested (checkpoint, sampler, steps) combinations not yet in WORKDIR/eval/results.jsonl;
   returns the records of all requested combinations, old and new, in order."""
@@ -119,7 +113,7 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir: str) -> lis
 
   out_dir = os.path.join(workdir, "eval")
   path = os.path.join(out_dir, RESULTS_FILE)
-  done = {result_key(r): r for r in load_results(path)}
+  done = {result_key(r): r for r in jsonl.read(path)}
   use_ema = bool(config.sampling.use_ema)
   params_name = f"ema{float(config.ema_rates[0]):g}" if use_ema else "params"
   base = {"params": params_name, "num_samples": int(ev.num_samples), "seed": int(config.seed),
@@ -152,10 +146,7 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir: str) -> lis
               "seconds": round(time.time() - start, 3)}
     if int(metrics["num_samples"]) != item["num_samples"]:
       raise RuntimeError(f"Scored {metrics['num_samples']} samples instead of {item['num_samples']}.")
-    if jax.process_index() == 0:
-      os.makedirs(out_dir, exist_ok=True)
-      with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    jsonl.append(path, record)
     tag = f"{item['sampler']}_{item['steps']}"
     writer.write_scalars(item["checkpoint_step"], {f"{base['feature_space']}/{k}/{tag}": v for k, v in metrics.items()
                                                    if k != "num_samples"})

@@ -45,6 +45,7 @@ import numpy as np
 
 from debias_jax import checkpointing
 from debias_jax import config_checks
+from debias_jax import jsonl
 from debias_jax import sampling
 from debias_jax import train
 from debias_jax.analysis import study as analysis_study
@@ -145,6 +146,11 @@ def is_exact_dataset(config) -> bool:
   return config.data.get("source", "embedded") == "embedded" and config.data.name == EXACT_DATASET
 
 
+def exact_every_checkpoint(config) -> bool:
+  """Whether the exact bias study runs at every checkpoint (gmm only: it needs the known mixture)."""
+  return is_exact_dataset(config) and bool(config.compare.get("exact_every_checkpoint", False))
+
+
 def eval_sampler(config) -> tuple[str, str]:
   name, steps = parse_sampler(config.compare.eval_sampler, "eval_sampler")
   if not steps.isdigit():
@@ -204,20 +210,6 @@ def arm_dir(workdir: str, arm: Arm) -> str:
   return os.path.join(workdir, ARMS_DIR, arm.directory)
 
 
-def append_jsonl(path: str, record: dict) -> None:
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-
-
-def read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 @contextlib.contextmanager
 def timed(workdir: str, phase: str, arm: str = "") -> Iterator[dict]:
   """Times a phase that did work (set info['skipped'] to leave it out) in DIR/compare/timings.jsonl."""
@@ -225,7 +217,7 @@ def timed(workdir: str, phase: str, arm: str = "") -> Iterator[dict]:
   start = time.time()
   yield info
   if not info["skipped"]:
-    append_jsonl(study_path(workdir, "timings.jsonl"),
+    jsonl.append(study_path(workdir, "timings.jsonl"),
                  {"phase": phase, "arm": arm, "seconds": round(time.time() - start, 2), "end": time.time()})
 
 
@@ -301,12 +293,12 @@ def _results_path(directory: str) -> str:
 
 def _evaluate(c, directory: str, steps: list[int], entries: tuple[str, ...]) -> int:
   """`--mode eval` of (steps x entries) in the arm's directory (it skips what is done); returns the new results."""
-  before = len(read_jsonl(_results_path(directory)))
+  before = len(jsonl.read(_results_path(directory)))
   c = copy.deepcopy(c)
   c.eval.checkpoint_steps = tuple(steps)
   c.eval.sampler_steps = tuple(entries)
   eval_checkpoints.evaluate_checkpoints(c, directory)
-  return len(read_jsonl(_results_path(directory))) - before
+  return len(jsonl.read(_results_path(directory))) - before
 
 
 def evaluate_iterations(config, workdir: str, arm: Arm) -> None:
@@ -363,7 +355,7 @@ def analysis_settings(config) -> tuple[tuple[str, ...], tuple[int, ...]]:
   quality of the last checkpoint continues the curve over iterations."""
   samplers = tuple(config.analysis.samplers)
   steps = tuple(int(s) for s in config.analysis.sampling_steps)
-  if is_exact_dataset(config) and bool(config.compare.get("exact_every_checkpoint", False)):
+  if exact_every_checkpoint(config):
     name, count = eval_sampler(config)
     samplers = samplers + ((name,) if name not in samplers else ())
     steps = tuple(sorted(set(steps) | {int(count)}))
@@ -372,7 +364,7 @@ def analysis_settings(config) -> tuple[tuple[str, ...], tuple[int, ...]]:
 
 def analyze_checkpoints(config, workdir: str, arm: Arm) -> None:
   """The bias study at every other checkpoint, with the eval sampler only (gmm: exact metrics)."""
-  if not (is_exact_dataset(config) and bool(config.compare.get("exact_every_checkpoint", False))):
+  if not exact_every_checkpoint(config):
     return
   c, directory = arm_config(config, arm), arm_dir(workdir, arm)
   name, count = eval_sampler(config)
@@ -470,7 +462,7 @@ def run_study(config, workdir: str, *, command: str = "", phases: tuple[str, ...
                load_end=list(os.getloadavg()), cpu_seconds=round(usage.ru_utime + usage.ru_stime - cpu_start, 2))
     if completed:
       path = report.write_report(config, workdir, current_run=run)
-    append_jsonl(study_path(workdir, "runs.jsonl"), run)
+    jsonl.append(study_path(workdir, "runs.jsonl"), run)
   return path
 
 

@@ -21,13 +21,17 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from debias_jax import jsonl
+from debias_jax.analysis import study as analysis_study
 from debias_jax.experiments import compare
 
 FIGURES_DIR = "figures"
 DASH = "—"
-HIGH_NOISE_SNR = 0.1         # PAPER.md section 7: debias should be clearly better below this SNR
-LOW_NOISE_SNR = 1.0
-FEW_STEPS = 10               # colour shift: the paper's 2-10 sampling steps
+# The bias study's bands (PAPER.md section 7): debias should be clearly better below HIGH_NOISE_SNR; colour
+# shift is judged at the paper's 2-10 sampling steps.
+HIGH_NOISE_SNR = analysis_study.HIGH_NOISE_SNR
+LOW_NOISE_SNR = analysis_study.LOW_NOISE_SNR
+FEW_STEPS = analysis_study.FEW_STEPS
 # Weights in eps-space and x0-space (PAPER.md section 4), for the arms' descriptions.
 EPS_WEIGHT = {"constant": "1", "debias": "1/√SNR", "snr": "1/SNR", "p2": "1/(k+SNR)^γ", "min_snr": "min(SNR,γ)/SNR"}
 X0_WEIGHT = {"constant": "SNR", "debias": "√SNR", "snr": "1", "p2": "SNR/(k+SNR)^γ", "min_snr": "min(SNR,γ)"}
@@ -102,7 +106,7 @@ class Study:
     self.analysis = {}  # (arm, step) -> analysis json
     for arm in self.arms:
       directory = compare.arm_dir(workdir, arm)
-      for record in compare.read_jsonl(os.path.join(directory, "eval", "results.jsonl")):
+      for record in jsonl.read(os.path.join(directory, "eval", "results.jsonl")):
         if record.get("num_samples") == self.num_samples and record.get("feature_space") == self.feature_space:
           self.fd[(arm.name, int(record["checkpoint_step"]), record["sampler"], str(record["steps"]),
                    int(record["seed"]))] = record
@@ -115,8 +119,8 @@ class Study:
     if os.path.exists(floor_path):
       with open(floor_path) as f:
         self.floor = json.load(f)
-    self.timings = compare.read_jsonl(compare.study_path(workdir, "timings.jsonl"))
-    self.runs = compare.read_jsonl(compare.study_path(workdir, "runs.jsonl"))
+    self.timings = jsonl.read(compare.study_path(workdir, "timings.jsonl"))
+    self.runs = jsonl.read(compare.study_path(workdir, "runs.jsonl"))
 
   def metric(self, arm: str, step: int, sampler: str, steps: str, seed: int | None = None,
              key: str = "fid") -> float | None:
@@ -137,6 +141,11 @@ class Study:
   def buckets(self, arm: str, step: int | None = None) -> list[dict] | None:
     result = self.analysis.get((arm, self.last if step is None else step))
     return None if result is None else result["x0_error"]["buckets"]
+
+  def data_variance(self) -> float | None:
+    """The data's variance per pixel (the x0 error of predicting the mean), from any arm's analysis."""
+    return next((self.analysis[(n, self.last)]["x0_error"].get("data_variance") for n in self.names
+                 if (n, self.last) in self.analysis), None)
 
   def color_rows(self, arm: str, sampler: str, exact: bool = False) -> list[dict]:
     result = self.analysis.get((arm, self.last))
@@ -270,10 +279,8 @@ def figure_x0_error(study: Study) -> str | None:
         values = [max(r[key], 1e-12) for r in rows]
       drawn = True
       axis.plot(snr, values, label=name, **_arm_style(k))
-    variance = next((study.analysis[(n, study.last)]["x0_error"].get("data_variance") for n in study.names
-                     if (n, study.last) in study.analysis), None)
-    if key == "x0_mse" and variance is not None:
-      axis.axhline(variance, color="grey", ls="--", lw=1.0, label="data variance (predicting the mean)")
+    if key == "x0_mse" and study.data_variance() is not None:
+      axis.axhline(study.data_variance(), color="grey", ls="--", lw=1.0, label="data variance (predicting the mean)")
     if key == "bias_mse" and study.buckets(study.names[0]):
       rows = study.buckets(study.names[0])
       axis.plot([r["snr_geomean"] for r in rows], [r["bayes_mse"] for r in rows], "k--",
@@ -384,10 +391,8 @@ def x0_error_tables(study: Study) -> list[str]:
     header = ["t"] + study.names + ["SNR (geo. mean)"] + (["optimal E|E[x0|x_t] − x0|²"] if key == "bias_mse"
                                                         else [])
     note = ""
-    variance = next((study.analysis[(n, study.last)]["x0_error"].get("data_variance") for n in study.names
-                     if (n, study.last) in study.analysis), None)
-    if key == "x0_mse" and variance is not None:
-      note = (f"\n\nPredicting the data mean scores {fmt(variance)} (the data variance per pixel): the ideal x0 "
+    if key == "x0_mse" and study.data_variance() is not None:
+      note = (f"\n\nPredicting the data mean scores {fmt(study.data_variance())} (the data variance per pixel): the ideal x0 "
               f"error at the highest noise.")
     out.append(f"{label}, at step {study.last}:\n\n" + markdown_table(header, rows) + note)
   first = [study.analysis.get((n, study.last), {}).get("first_step", {}) for n in study.names]
