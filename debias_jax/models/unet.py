@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from debias_jax.models import conv
+
 # ADM's channel multipliers by image size (guided-diffusion script_util.create_model); 16 and 8 are ours.
 DEFAULT_CHANNEL_MULT = {
     512: (0.5, 1, 1, 2, 2, 4, 4),
@@ -65,7 +67,8 @@ def _conv(features: int, in_channels: int, dtype, name: str, kernel: int = 3, st
   inits = ((nn.initializers.zeros, nn.initializers.zeros) if zero
            else (_torch_kernel_init(), _torch_bias_init(in_channels * kernel * kernel)))
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                 dtype=dtype, param_dtype=jnp.float32, kernel_init=inits[0], bias_init=inits[1], name=name)
+                 dtype=dtype, param_dtype=jnp.float32, kernel_init=inits[0], bias_init=inits[1],
+                 conv_general_dilated=conv.conv_general_dilated, name=name)
 
 
 def _group_norm(x, name: str):

@@ -1,0 +1,129 @@
+"""The UNet's convolution: same values and gradients as XLA's, the GEMM weight gradient only where it is meant."""
+
+import os
+import subprocess
+import sys
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from debias_jax.models import conv
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAME = ((1, 1), (1, 1))
+
+
+def xla_conv(x, w):
+  return jax.lax.conv_general_dilated(x, w, (1, 1), SAME, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def inputs(shape, out_channels, dtype=jnp.float32):
+  kx, kw, kd = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, shape, dtype)
+  w = (jax.random.normal(kw, (3, 3, shape[-1], out_channels)) / np.sqrt(9 * shape[-1])).astype(dtype)
+  dy = jax.random.normal(kd, shape[:-1] + (out_channels,), dtype)
+  return x, w, dy
+
+
+def grads(conv_fn, x, w, dy):
+  return jax.jit(jax.grad(lambda x, w: jnp.vdot(conv_fn(x, w), dy).astype(jnp.float32), (0, 1)))(x, w)
+
+
+class WeightGradTest(parameterized.TestCase):
+
+  @parameterized.parameters(((2, 5, 7, 3), 4), ((3, 16, 16, 96), 32), ((1, 4, 4, 8), 8))
+  def test_gemms_equal_xla_weight_gradient(self, shape, out_channels):
+    x, w, dy = inputs(shape, out_channels)
+    expected = jax.vjp(lambda w: xla_conv(x, w), w)[1](dy)[0]
+    got = jax.jit(conv.weight_grad_as_gemms)(x, dy)
+    self.assertEqual(got.shape, w.shape)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(expected))))
+
+  def test_gemms_know_the_answer_for_a_single_pixel(self):
+    # One pixel of x and one of dy: only the tap joining them gets x ⊗ dy; all others are exactly zero.
+    x = jnp.zeros((1, 4, 4, 2)).at[0, 1, 2].set(jnp.array([1.0, 2.0]))
+    dy = jnp.zeros((1, 4, 4, 3)).at[0, 2, 2].set(jnp.array([1.0, 10.0, 100.0]))
+    dw = conv.weight_grad_as_gemms(x, dy)
+    expected = np.zeros((3, 3, 2, 3))
+    expected[0, 1] = np.outer([1.0, 2.0], [1.0, 10.0, 100.0])  # x row = dy row + i - 1, x col = dy col + j - 1
+    np.testing.assert_array_equal(dw, expected)
+
+  @parameterized.parameters(jnp.float32, jnp.bfloat16)
+  def test_conv3x3_values_and_both_gradients_match_xla(self, dtype):
+    x, w, dy = inputs((2, 16, 16, 96), 48, dtype)
+    np.testing.assert_array_equal(jax.jit(conv.conv3x3)(x, w), jax.jit(xla_conv)(x, w))
+    (gx, gw), (ex, ew) = grads(conv.conv3x3, x, w, dy), grads(xla_conv, x, w, dy)
+    self.assertEqual((gx.dtype, gw.dtype), (dtype, dtype))
+    np.testing.assert_array_equal(gx, ex)  # the input gradient is XLA's own
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    np.testing.assert_allclose(np.asarray(gw, np.float32), np.asarray(ew, np.float32), rtol=tol,
+                               atol=tol * float(jnp.max(jnp.abs(ew.astype(jnp.float32)))))
+
+  def test_cpu_weight_gradient_compiles_to_a_gemm_not_a_convolution(self):
+    x, w, dy = inputs((2, 16, 16, 96), 32)
+    grad = jax.jit(jax.grad(lambda w, x, dy: jnp.vdot(conv.conv3x3(x, w), dy)))
+    hlo = grad.lower(w, x, dy).compile().as_text()
+    self.assertNotIn("convolution(", hlo)
+    self.assertIn(" dot(", hlo)
+
+
+class DispatchTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ("wide_and_large", (1, 16, 16, 64), {}, True),
+      ("narrow_input", (1, 16, 16, 32), {}, False),
+      ("narrow_output", (1, 16, 16, 128), {"features": 6}, False),
+      ("small", (1, 8, 8, 256), {}, False),
+      ("strided", (1, 16, 16, 128), {"strides": 2}, False),
+      ("one_by_one", (1, 16, 16, 128), {"kernel_size": (1, 1), "padding": ((0, 0), (0, 0))}, False),
+      ("grouped", (1, 16, 16, 128), {"feature_group_count": 2}, False),
+      ("dilated", (1, 16, 16, 128), {"kernel_dilation": 2}, False),
+  )
+  def test_which_flax_convs_get_the_gemm_gradient(self, shape, overrides, expected):
+    settings = {"features": 256, "kernel_size": (3, 3), "strides": 1, "padding": SAME, "kernel_dilation": 1,
+                "feature_group_count": 1, **overrides}
+    seen = []
+    original = conv.conv3x3
+    try:
+      conv.conv3x3 = lambda *a: seen.append(True) or original(*a)
+      module = nn.Conv(conv_general_dilated=conv.conv_general_dilated, **settings)
+      x = jnp.ones(shape)
+      params = module.init(jax.random.key(0), x)
+      out = module.apply(params, x)
+    finally:
+      conv.conv3x3 = original
+    self.assertEqual(bool(seen), expected)
+    reference = nn.Conv(**settings).apply(params, x)
+    np.testing.assert_array_equal(out, reference)
+
+
+class MultiDeviceTest(absltest.TestCase):
+
+  def test_batch_sharded_over_eight_devices_gives_the_single_device_gradient(self):
+    script = (
+        "import jax, jax.numpy as jnp, numpy as np\n"
+        "from jax.sharding import Mesh, NamedSharding, PartitionSpec as P\n"
+        "from debias_jax.models import conv\n"
+        "from tests.conv_test import inputs\n"
+        "assert len(jax.devices()) == 8\n"
+        "x, w, dy = inputs((8, 16, 16, 96), 32)\n"
+        "f = jax.jit(jax.grad(lambda w, x, dy: jnp.vdot(conv.conv3x3(x, w), dy)))\n"
+        "single = f(w, x, dy)\n"
+        "batch = NamedSharding(Mesh(np.array(jax.devices()), ('data',)), P('data'))\n"
+        "sharded = f(w, jax.device_put(x, batch), jax.device_put(dy, batch))\n"
+        "assert len(sharded.sharding.device_set) == 8\n"
+        "np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(single))))\n"
+        "print('ok')\n")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    self.assertIn("ok", proc.stdout)
+
+
+if __name__ == "__main__":
+  absltest.main()
