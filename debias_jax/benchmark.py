@@ -36,6 +36,7 @@ from debias_jax import sampling
 from debias_jax import train
 from debias_jax.diffusion import losses
 from debias_jax.diffusion import weighting
+from debias_jax.models import conv
 from debias_jax.models import unet
 
 SYNTHETIC_NOTE = ("synthetic inputs of the config's shape (uniform images in [-1, 1], random labels); "
@@ -144,29 +145,23 @@ def synthetic_batch(config, mesh, batch_size: int, steps_per_call: int, seed: in
   return parallel.global_batch(batch, mesh, len(lead))
 
 
-def _train_flops_per_step(config, model, schedule, compiled, state, sums, batch, steps_per_call: int,
-                          devices: int):
-  """FLOPs of one training step of the compiled (per-device) program.
+def _train_flops_per_step(config, model, schedule, state, sums, batch, devices: int):
+  """FLOPs of one training step on one device: XLA's count for the one-step program, before optimisation.
 
-  XLA's cost analysis may count a while loop's body once or times its trip count (or the loop may be unrolled),
-  so with steps_per_call > 1 the one-step program of one device's share of the batch is lowered (not compiled)
-  as a reference, and the compiled count is divided by K when it is nearer K times the reference than once.
+  Traced with XLA's own convolution gradients, so that the figure is the model's arithmetic whatever a backend
+  does with it: cost analysis counts a while loop's body once, and the compiled program may loop over
+  steps_per_call steps or over the nine taps of the CPU weight gradient (models/conv.py).
   """
-  flops = _cost(compiled).get("flops")
-  if not flops or flops <= 0:
-    return None
-  if steps_per_call == 1:
-    return float(flops)
   one = config.copy_and_resolve_references()
   one.train.steps_per_call = 1
+  lead = int(config.train.steps_per_call) > 1
   abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-  one_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[1] // devices,) + x.shape[2:], x.dtype), batch)
-  reference = _cost(jax.jit(train.make_train_step(one, model, schedule)).lower(
-      abstract(state), abstract(sums), one_batch)).get("flops")
-  if not reference:
-    return None
-  counted = steps_per_call if flops / reference > math.sqrt(steps_per_call) else 1
-  return float(flops) / counted
+  one_batch = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct((x.shape[lead] // devices,) + x.shape[lead + 1:], x.dtype), batch)
+  with conv.xla_weight_gradients():
+    lowered = jax.jit(train.make_train_step(one, model, schedule)).lower(abstract(state), abstract(sums), one_batch)
+  flops = _cost(lowered).get("flops")
+  return float(flops) if flops and flops > 0 else None
 
 
 def loss_dtype(config, model, schedule, params, batch) -> str:
@@ -201,8 +196,7 @@ def benchmark_train(config, mesh, model, schedule, *, steps: int, warmup_calls: 
                     out_shardings=(replicated, replicated), donate_argnums=(0, 1))
   log(f"Compiling the train step ({steps_per_call} step(s) per call, global batch {batch_size}) ...")
   compiled, lower_s, compile_s = _compile(step_fn, state, sums, batch)
-  flops_per_step = _train_flops_per_step(config, model, schedule, compiled, state, sums, batch, steps_per_call,
-                                        devices)
+  flops_per_step = _train_flops_per_step(config, model, schedule, state, sums, batch, devices)
 
   for _ in range(warmup_calls):
     state, sums = compiled(state, sums, batch)

@@ -101,6 +101,17 @@ class DispatchTest(parameterized.TestCase):
     np.testing.assert_array_equal(out, reference)
 
 
+  def test_flop_count_with_xla_weight_gradients(self):
+    # XLA counts the GEMM scan's body once; inside xla_weight_gradients the count is plain XLA's again.
+    x, w, dy = inputs((2, 16, 16, 64), 64)
+    flops = lambda fn: jax.jit(jax.grad(lambda w, x, dy: jnp.vdot(fn(x, w), dy))).lower(
+        w, x, dy).cost_analysis()["flops"]
+    ours = lambda x, w: conv.conv_general_dilated(x, w, (1, 1), SAME, dimension_numbers=conv._NHWC)
+    with conv.xla_weight_gradients():
+      self.assertEqual(flops(ours), flops(xla_conv))
+    self.assertLess(flops(ours), flops(xla_conv))
+
+
 class MultiDeviceTest(absltest.TestCase):
 
   def test_batch_sharded_over_eight_devices_gives_the_single_device_gradient(self):

@@ -11,6 +11,7 @@ keep it too. Values are identical up to float rounding: only the order of the su
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -22,6 +23,8 @@ from jax import lax
 # fewer than 64 channels on either side, e.g. the output convolution, or at 8x8).
 MIN_CHANNELS = 64
 MIN_PIXELS = 16 * 16
+
+_use_gemms = True  # off inside `xla_weight_gradients`
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 _SAME_3X3 = ((1, 1), (1, 1))
@@ -86,10 +89,24 @@ def uses_gemm_weight_grad(lhs_shape, rhs_shape, window_strides, padding, lhs_dil
           and min(lhs_shape[-1], rhs_shape[-1]) >= MIN_CHANNELS and lhs_shape[1] * lhs_shape[2] >= MIN_PIXELS)
 
 
+@contextlib.contextmanager
+def xla_weight_gradients():
+  """Convolutions traced inside use XLA's own gradients everywhere.
+
+  For counting a program's FLOPs: XLA's cost analysis counts the body of the GEMM scan once, not nine times.
+  """
+  global _use_gemms
+  previous, _use_gemms = _use_gemms, False
+  try:
+    yield
+  finally:
+    _use_gemms = previous
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
   """`lax.conv_general_dilated` with `conv3x3` substituted where `uses_gemm_weight_grad` says so."""
-  if not kwargs and uses_gemm_weight_grad(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation,
+  if _use_gemms and not kwargs and uses_gemm_weight_grad(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation,
                                           rhs_dilation, dimension_numbers, feature_group_count):
     return conv3x3(lhs, rhs, precision)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
