@@ -25,7 +25,8 @@ POD = {"TPU_NAME": "debias-pod", "ZONE": "us-central2-b"}
 SCRIPT_VARIABLES = ("TPU_NAME", "ZONE", "PROJECT", "ACCELERATOR_TYPE", "RUNTIME_VERSION", "SPOT", "RESERVED",
                     "REPO_URL", "REPO_REF", "REMOTE_DIR", "VENV", "PYTHON", "PYTHON_VERSION", "BACKEND", "WORKDIR",
                     "CONFIG", "MODE", "ACTION", "DETACH", "DISTRIBUTED", "INSTALL", "CUDA", "COORDINATOR",
-                    "NUM_PROCESSES", "PROCESS_ID", "JAX_PLATFORMS", "DRY_RUN", "LINES")
+                    "NUM_PROCESSES", "PROCESS_ID", "JAX_PLATFORMS", "DRY_RUN", "LINES", "OUT", "ROWS",
+                    "BATCH_256")
 
 # Stand-in for gcloud: records each call, and plays one TPU worker whose home is $FAKE_WORKER_HOME: `tpu-vm ssh
 # --command=C` runs C there (with DRY_RUN=$FAKE_REMOTE_DRY_RUN), `tpu-vm scp SRC NAME:DEST` copies SRC there.
@@ -130,6 +131,19 @@ class DryRunTest(parameterized.TestCase):
     self.assertEqual(printed(result), ["+ env JAX_PLATFORMS=cuda /opt/py/bin/python -m debias_jax.main --mode=train "
                                        "--config=configs/default.py --workdir=/runs/a --config.train.num_steps=5"])
 
+  def test_benchmark_rows(self):
+    result = launch("benchmark_rows.sh", {"PYTHON": "py", "OUT": "/o", "BATCH_256": "16"})
+    self.assertEqual(result.returncode, 0, result.stderr)
+    commands = printed(result)
+    self.assertEqual(commands[0], "+ mkdir -p /o")
+    self.assertEqual([c.split("--config ")[1].split()[0] for c in commands[1:]],
+                     ["configs/default.py", "configs/paper/cifar10.py", "configs/paper/ffhq256.py"])
+    self.assertTrue(all(c.startswith("+ py -m debias_jax.benchmark") for c in commands[1:]))
+    self.assertIn("--config.model.dtype=bfloat16 --config.train.batch_size=16", commands[3])
+    self.assertTrue(commands[3].endswith("--output /o/ffhq256.json"))
+    only = launch("benchmark_rows.sh", {"PYTHON": "py", "ROWS": "cifar10"})
+    self.assertEqual(len(printed(only)), 2)
+
   def test_gpu_hosts_joined_by_a_coordinator_after_installing(self):
     result = launch("gpu_run.sh", {"WORKDIR": "/shared/a", "INSTALL": "1", "CUDA": "cuda13", "VENV": "/opt/v",
                                    "COORDINATOR": "10.0.0.1:1234", "NUM_PROCESSES": "4", "PROCESS_ID": "3"})
@@ -206,6 +220,8 @@ class ValidationTest(parameterized.TestCase):
       ("gpu_run.sh", {"WORKDIR": "/w", "COORDINATOR": "h:1", "NUM_PROCESSES": "2", "PROCESS_ID": "2"}, (),
        "PROCESS_ID=2 must be below NUM_PROCESSES=2"),
       ("gpu_run.sh", {"WORKDIR": "/w", "CUDA": "cuda11"}, (), "CUDA='cuda11' is not valid"),
+      ("benchmark_rows.sh", {"ROWS": "cifar100"}, (), "ROWS='cifar100' is not valid"),
+      ("benchmark_rows.sh", {"BATCH_256": "0"}, (), "BATCH_256='0' is not valid"),
       ("install.sh", {}, ("rocm",), "unknown backend 'rocm'"),
       ("install.sh", {}, (), "name the backend"),
   )
