@@ -49,7 +49,7 @@ def weight_grad_as_gemms(x, dy, precision=None):
     shifted = lax.dynamic_slice(padded, (0, k // 3, k % 3, 0), (b, h, w, c)).reshape(n, c)
     return None, lax.dot_general(shifted, dy, (((0,), (0,)), ((), ())), precision=precision)
   _, taps = lax.scan(tap, None, jnp.arange(9))
-  return taps.reshape(3, 3, c, dy.shape[-1]).astype(x.dtype)
+  return taps.reshape(3, 3, c, dy.shape[-1])
 
 
 def _xla_weight_grad(x, dy, w, precision=None):
@@ -106,8 +106,9 @@ def xla_weight_gradients():
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
   """`lax.conv_general_dilated` with `conv3x3` substituted where `uses_gemm_weight_grad` says so."""
-  if _use_gemms and not kwargs and uses_gemm_weight_grad(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation,
-                                          rhs_dilation, dimension_numbers, feature_group_count):
+  if _use_gemms and not kwargs and uses_gemm_weight_grad(
+      lhs.shape, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+      feature_group_count):
     return conv3x3(lhs, rhs, precision)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                   rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
