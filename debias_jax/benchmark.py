@@ -34,6 +34,7 @@ from debias_jax import config_checks
 from debias_jax import parallel
 from debias_jax import sampling
 from debias_jax import train
+from debias_jax import xla_cpu
 from debias_jax.diffusion import losses
 from debias_jax.diffusion import weighting
 from debias_jax.models import conv
@@ -505,6 +506,7 @@ def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  xla_cpu.prefer_wide_vectors()  # before JAX starts its backends
   run_from_flags(flags.FLAGS)
 
 

@@ -14,6 +14,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from debias_jax import xla_cpu
+
 # mode -> (module, function); each function takes (config, workdir).
 MODES = {
     "train": ("debias_jax.train", "train_and_evaluate"),
@@ -46,6 +48,7 @@ def initialize_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  xla_cpu.prefer_wide_vectors()  # before JAX starts its backends
   if FLAGS.distributed:
     initialize_distributed()
   if jax.process_count() > 1:  # first of all: processes that disagree would hang or fail obscurely later

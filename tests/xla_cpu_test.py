@@ -1,0 +1,41 @@
+"""The entry points' XLA:CPU setting: 512-bit vectors on AVX-512 CPUs, never overriding the user's choice."""
+
+import os
+import tempfile
+
+from absl.testing import absltest
+
+from debias_jax import xla_cpu
+
+
+def cpuinfo(flags: str) -> str:
+  path = os.path.join(tempfile.mkdtemp(), "cpuinfo")
+  with open(path, "w") as f:
+    f.write(f"processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu sse2 avx2 {flags}\n\n")
+  return path
+
+
+class PreferWideVectorsTest(absltest.TestCase):
+
+  def test_added_on_avx512_after_the_users_flags(self):
+    environ = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}
+    self.assertTrue(xla_cpu.prefer_wide_vectors(environ, cpuinfo("avx512f avx512bw")))
+    self.assertEqual(environ["XLA_FLAGS"], "--xla_cpu_multi_thread_eigen=false --xla_cpu_prefer_vector_width=512")
+    self.assertFalse(xla_cpu.prefer_wide_vectors(environ, cpuinfo("avx512f")))  # added once
+    self.assertEqual(environ["XLA_FLAGS"].count("prefer_vector_width"), 1)
+
+  def test_set_when_there_were_no_flags(self):
+    environ = {}
+    self.assertTrue(xla_cpu.prefer_wide_vectors(environ, cpuinfo("avx512f")))
+    self.assertEqual(environ, {"XLA_FLAGS": "--xla_cpu_prefer_vector_width=512"})
+
+  def test_left_alone_without_avx512_or_cpuinfo_or_when_the_user_chose(self):
+    for environ, path in (({}, cpuinfo("avx512_vnni")), ({}, "/nonexistent/cpuinfo"),
+                          ({"XLA_FLAGS": "--xla_cpu_prefer_vector_width=256"}, cpuinfo("avx512f"))):
+      before = dict(environ)
+      self.assertFalse(xla_cpu.prefer_wide_vectors(environ, path))
+      self.assertEqual(environ, before)
+
+
+if __name__ == "__main__":
+  absltest.main()
