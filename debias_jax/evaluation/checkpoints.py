@@ -26,8 +26,8 @@ import ml_collections
 
 from debias_jax import checkpointing
 from debias_jax import config_checks
-from debias_jax import jsonl
 from debias_jax import generate
+from debias_jax import jsonl
 from debias_jax import parallel
 from debias_jax import sampling
 from debias_jax.evaluation import features

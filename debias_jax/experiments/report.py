@@ -279,8 +279,9 @@ def figure_x0_error(study: Study) -> str | None:
         values = [max(r[key], 1e-12) for r in rows]
       drawn = True
       axis.plot(snr, values, label=name, **_arm_style(k))
-    if key == "x0_mse" and study.data_variance() is not None:
-      axis.axhline(study.data_variance(), color="grey", ls="--", lw=1.0, label="data variance (predicting the mean)")
+    variance = study.data_variance()
+    if key == "x0_mse" and variance is not None:
+      axis.axhline(variance, color="grey", ls="--", lw=1.0, label="data variance (predicting the mean)")
     if key == "bias_mse" and study.buckets(study.names[0]):
       rows = study.buckets(study.names[0])
       axis.plot([r["snr_geomean"] for r in rows], [r["bayes_mse"] for r in rows], "k--",
@@ -391,8 +392,9 @@ def x0_error_tables(study: Study) -> list[str]:
     header = ["t"] + study.names + ["SNR (geo. mean)"] + (["optimal E|E[x0|x_t] − x0|²"] if key == "bias_mse"
                                                         else [])
     note = ""
-    if key == "x0_mse" and study.data_variance() is not None:
-      note = (f"\n\nPredicting the data mean scores {fmt(study.data_variance())} (the data variance per pixel): the ideal x0 "
+    variance = study.data_variance()
+    if key == "x0_mse" and variance is not None:
+      note = (f"\n\nPredicting the data mean scores {fmt(variance)} (the data variance per pixel): the ideal x0 "
               f"error at the highest noise.")
     out.append(f"{label}, at step {study.last}:\n\n" + markdown_table(header, rows) + note)
   first = [study.analysis.get((n, study.last), {}).get("first_step", {}) for n in study.names]
