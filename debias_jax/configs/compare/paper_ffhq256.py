@@ -10,8 +10,8 @@ PAPER.md section 6: FID-10k at 200k-1M iterations with DDPM-100 (the training-ef
 paper's figures; add "x0" and "v" to compare.arms for the prediction targets.
 """
 
-from configs.compare import base
-from configs.paper import ffhq256
+from debias_jax.configs.compare import base
+from debias_jax.configs.paper import ffhq256
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """A toy config for tests and smoke runs: 8x8 digits, a two-level UNet, a few dozen steps in seconds."""
 
-from configs import default
+from debias_jax.configs import default
 
 
 def get_config():

@@ -6,8 +6,8 @@ A smoke test of the whole study (train, metric vs iterations and vs steps, bias 
 measurement: the models are barely trained. configs/compare/full.py is the measurement.
 """
 
-from configs import default
-from configs.compare import base
+from debias_jax.configs import default
+from debias_jax.configs.compare import base
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """CIFAR-10 at 32 px, class-conditional, batch 32, from a local tfds data_dir (`tfds build cifar10`)."""
 
-from configs.paper import adm
+from debias_jax.configs.paper import adm
 
 
 def get_config():

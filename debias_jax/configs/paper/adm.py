@@ -4,7 +4,7 @@ hybrid loss, AdamW at 2e-5, no decay, no warm-up or clipping, float32, EMA 0.999
 The dataset configs next to this file import `adm_config` and fill in the data section.
 """
 
-from configs import default
+from debias_jax.configs import default
 
 
 def adm_config(image_size: int, batch_size: int):

@@ -8,8 +8,8 @@ Fréchet distance.
 8x8 RGB "images" from an 8-component mixture of rank-6 Gaussians (data.gmm_*), six arms, 600 iterations.
 """
 
-from configs import default
-from configs.compare import base
+from debias_jax.configs import default
+from debias_jax.configs.compare import base
 
 
 def get_config():

@@ -8,8 +8,8 @@ they are four times cheaper), 400 iterations each with checkpoints every 100, sc
 stand-in feature space (a small CNN trained to tell the source photographs apart).
 """
 
-from configs import default
-from configs.compare import base
+from debias_jax.configs import default
+from debias_jax.configs.compare import base
 
 
 def get_config():

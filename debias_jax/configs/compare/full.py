@@ -10,9 +10,9 @@ run alone with configs/compare/{digits,photo_patches,gmm}.py.
 
 import ml_collections
 
-from configs.compare import digits
-from configs.compare import gmm
-from configs.compare import photo_patches
+from debias_jax.configs.compare import digits
+from debias_jax.configs.compare import gmm
+from debias_jax.configs.compare import photo_patches
 
 
 def get_config():

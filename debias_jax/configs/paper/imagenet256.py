@@ -1,6 +1,6 @@
 """ImageNet at 256 px, class-conditional (1000 classes), batch 8, from a local tfds data_dir (imagenet2012)."""
 
-from configs.paper import adm
+from debias_jax.configs.paper import adm
 
 
 def get_config():

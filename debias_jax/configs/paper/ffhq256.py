@@ -1,6 +1,6 @@
 """ffhq at 256 px, unconditional, batch 8, as the paper trains it. Needs --config.data.data_dir=/path/to/images."""
 
-from configs.paper import adm
+from debias_jax.configs.paper import adm
 
 
 def get_config():

@@ -6,8 +6,8 @@ Six arms (constant, debias, P2, Min-SNR, x0- and v-prediction), 600 iterations e
 scored by the Fréchet distance in the stand-in feature space (a small CNN trained to classify the digits).
 """
 
-from configs import default
-from configs.compare import base
+from debias_jax.configs import default
+from debias_jax.configs.compare import base
 
 
 def get_config():

@@ -8,8 +8,8 @@ FID-10k with the FID Inception-v3 from a local weight file.
 All six arms; checkpoints every 100k, the sampling-steps sweep and the bias analysis at 500k.
 """
 
-from configs.compare import base
-from configs.paper import cifar10
+from debias_jax.configs.compare import base
+from debias_jax.configs.paper import cifar10
 
 
 def get_config():
