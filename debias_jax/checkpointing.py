@@ -7,13 +7,14 @@ the saved shapes against the config's model first, so a changed config is named,
 
 from __future__ import annotations
 
-import os
-
 from absl import logging
+from etils import epath
 import flax.serialization
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from debias_jax import storage
 
 
 class CheckpointError(RuntimeError):
@@ -29,7 +30,7 @@ class Checkpointer:
   """Keeps the last `keep` checkpoints of a run under `directory`."""
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
-    self.directory = directory if "://" in directory else os.path.abspath(directory)  # gs:// stays as it is
+    self.directory = str(storage.absolute(directory))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                            create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
@@ -107,7 +108,7 @@ class Checkpointer:
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(workdir, "checkpoints")
+  return str(epath.Path(workdir) / "checkpoints")
 
 
 def save_converted(workdir: str, config, params) -> str:

@@ -16,10 +16,10 @@ what the checkpoint was trained with (the authors' and ADM's released models use
 from __future__ import annotations
 
 import json
-import os
 import re
 from typing import Callable, Mapping
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -253,8 +253,7 @@ _SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
   """Parse a .safetensors file (8-byte little-endian header size, JSON header, raw little-endian data)."""
-  with open(path, "rb") as f:
-    data = f.read()
+  data = epath.Path(path).read_bytes()
   if len(data) < 8:
     raise ValueError(f"{path} is not a safetensors file (too short).")
   header_len = int.from_bytes(data[:8], "little")
@@ -287,7 +286,8 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
   except ImportError as e:
     raise ImportError(f"Reading {path} needs PyTorch, an optional extra: `pip install 'debias_jax[torch]'` "
                       f"(or convert the file to .safetensors / .npz elsewhere).") from e
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  with epath.Path(path).open("rb") as f:   # local or gs://
+    obj = torch.load(f, map_location="cpu", weights_only=True)
   if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
     obj = obj["state_dict"]
   if not isinstance(obj, dict):
@@ -303,11 +303,11 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
   """Read a guided-diffusion state dict from .pt/.pth/.bin (torch), .npz or .safetensors."""
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise FileNotFoundError(f"Checkpoint file {path} does not exist.")
-  ext = os.path.splitext(path)[1].lower()
+  ext = epath.Path(path).suffix.lower()
   if ext == ".npz":
-    with np.load(path) as f:
+    with epath.Path(path).open("rb") as file, np.load(file) as f:
       return {k: f[k] for k in f.files}
   if ext == ".safetensors":
     return read_safetensors(path)

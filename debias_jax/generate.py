@@ -12,20 +12,21 @@ so `sample` and `eval` with the same seed, sampler and steps see the very same i
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
 import time
 from typing import Any, Iterator
 
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
 
 from debias_jax import config_checks
+from debias_jax import logs
 from debias_jax import parallel
 from debias_jax import sampling
+from debias_jax import storage
 from debias_jax import train
 from debias_jax.models import unet
 
@@ -52,7 +53,7 @@ def check_matches_training(config, workdir: str) -> None:
 
   Fields absent from the saved config (written by an older version) are not compared.
   """
-  if not os.path.exists(os.path.join(workdir, "config.json")):
+  if not (epath.Path(workdir) / "config.json").exists():
     logging.warning("No config.json in %s: cannot check that the config matches the trained model.", workdir)
     return
   differences = config_checks.differences_from_saved(config, train.load_config(workdir), _MODEL_DEFINING_FIELDS,
@@ -127,6 +128,7 @@ def sample_to_files(config: ml_collections.ConfigDict, workdir: str) -> dict[str
   generator = sampling.Generator(config, restored.model, restored.mesh)
 
   start = time.time()
+  progress = logs.Progress(f"Sampling ({s.sampler}, {s.steps} steps, step {restored.step})", num)
   images, label_parts = [], []
   for batch, batch_labels in sample_batches(generator, restored.params, num, sample_rng(config),
                                             batch_size=int(s.batch_size), sampler=s.sampler, steps=s.steps,
@@ -134,23 +136,21 @@ def sample_to_files(config: ml_collections.ConfigDict, workdir: str) -> dict[str
     images.append(sampling.to_uint8(batch))
     if batch_labels is not None:
       label_parts.append(batch_labels)
-    logging.info("Sampled %d / %d.", sum(len(x) for x in images), num)
+    progress.update(len(batch))
   images = np.concatenate(images)
   seconds = time.time() - start
 
-  out_dir = s.get("output_dir", "") or os.path.join(workdir, "samples")
+  out_dir = epath.Path(s.get("output_dir", "") or epath.Path(workdir) / "samples")
   stem = file_stem(restored.step, s.sampler, s.steps, restored.params_name, num, int(config.seed))
   record = {"checkpoint_step": restored.step, "sampler": s.sampler, "steps": str(s.steps),
             "params": restored.params_name, "num_samples": num, "seed": int(config.seed),
             "shape": list(images.shape), "conditional": labels is not None, "seconds": round(seconds, 3),
-            "npz": os.path.join(out_dir, stem + ".npz"), "grid": os.path.join(out_dir, stem + ".png")}
+            "npz": str(out_dir / f"{stem}.npz"), "grid": str(out_dir / f"{stem}.png")}
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
     fid.save_samples_npz(record["npz"], images, np.concatenate(label_parts) if label_parts else None)
     grid = sampling.image_grid(images[:MAX_GRID_IMAGES])
     sampling.save_png(record["grid"], grid, upscale=max(1, 128 // int(config.data.image_size)))
-    with open(os.path.join(out_dir, stem + ".json"), "w") as f:
-      json.dump(record, f, indent=2)
+    storage.write_json(out_dir / f"{stem}.json", record)
   logging.info("Wrote %d samples (%s, %s steps, %s of step %d) in %.1f s to %s.", num, s.sampler, s.steps,
                restored.params_name, restored.step, seconds, record["npz"])
   return record

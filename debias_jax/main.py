@@ -14,6 +14,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from debias_jax import runtime
 from debias_jax import xla_cpu
 
 # mode -> (module, function); each function takes (config, workdir).
@@ -32,6 +33,8 @@ flags.DEFINE_bool("distributed", os.environ.get("DEBIAS_JAX_DISTRIBUTED", "") ==
 flags.DEFINE_string("coordinator", None, "host:port of process 0, for --distributed outside TPU/SLURM.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed outside TPU/SLURM.")
 flags.DEFINE_integer("process_id", None, "This process's index, for --distributed outside TPU/SLURM.")
+flags.DEFINE_string("compilation_cache", "", "Persistent XLA compilation cache folder (local or gs://); '' = "
+                    "$JAX_COMPILATION_CACHE_DIR or ~/.cache/debias_jax/xla, 'none' = off.")
 config_flags.DEFINE_config_file("config", None, "Path to a config file (see configs/).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
@@ -54,8 +57,7 @@ def main(argv):
   if jax.process_count() > 1:  # first of all: processes that disagree would hang or fail obscurely later
     from debias_jax import multihost  # pylint: disable=g-import-not-at-top
     multihost.check_processes_agree(FLAGS.config, workdir=FLAGS.workdir, mode=FLAGS.mode)
-  from debias_jax.data import hide_gpus_from_tensorflow  # pylint: disable=g-import-not-at-top
-  hide_gpus_from_tensorflow()  # before clu's writers initialise TensorFlow
+  runtime.setup(FLAGS.compilation_cache)
   logging.info("JAX process %d of %d, local devices: %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
   module, function = MODES[FLAGS.mode]
@@ -63,4 +65,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  jax.config.config_with_absl()  # JAX's own flags too, e.g. --jax_debug_nans, --jax_platforms
   app.run(main)

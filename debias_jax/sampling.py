@@ -6,15 +6,16 @@ Shared by the training loop (sample grids), `--mode sample`, evaluation and anal
 from __future__ import annotations
 
 import functools
+import io
 import math
 
-from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
 from debias_jax import parallel
+from debias_jax import storage
 from debias_jax.diffusion import samplers
 from debias_jax.diffusion.schedules import Schedule
 
@@ -104,9 +105,11 @@ def image_grid(images: np.ndarray, columns: int | None = None, padding: int = 1)
   return grid
 
 
-def save_png(path: str, image: np.ndarray, upscale: int = 1) -> None:
+def save_png(path, image: np.ndarray, upscale: int = 1) -> None:
+  """A uint8 HWC image (C = 1, 3 or 4) as a PNG file, local or on an object store, nearest-upscaled."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   if upscale > 1:
     image = np.repeat(np.repeat(image, upscale, axis=0), upscale, axis=1)
-  with epath.Path(path).open("wb") as f:  # local or gs://
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(f, format="PNG")
+  buffer = io.BytesIO()
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+  storage.write_atomic(path, buffer.getvalue())

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import threading
 from typing import Any
 
 from absl import logging
-from clu import metric_writers
 from clu import periodic_actions
 from etils import epath
 import flax
@@ -31,6 +29,8 @@ from debias_jax import config_checks
 from debias_jax import jsonl
 from debias_jax import parallel
 from debias_jax import sampling
+from debias_jax import storage
+from debias_jax import summaries
 from debias_jax.data import pipeline
 from debias_jax.diffusion import losses
 from debias_jax.diffusion import weighting
@@ -48,15 +48,19 @@ class TrainState:
   rng: jax.Array           # uint32 key data of the run's base key
 
 
-def make_optimizer(optim_config) -> optax.GradientTransformation:
-  """AdamW with an optional linear warm-up and global-norm clipping (the authors: lr 2e-5, no decay, neither)."""
+def learning_rate_schedule(optim_config) -> optax.Schedule:
+  """The learning rate at each step: constant, after an optional linear warm-up."""
   lr = float(optim_config.learning_rate)
   warmup = int(optim_config.warmup_steps)
-  schedule = optax.linear_schedule(0.0, lr, warmup) if warmup > 0 else lr
-  if warmup > 0:
-    schedule = optax.join_schedules([schedule, optax.constant_schedule(lr)], [warmup])
-  adamw = optax.adamw(schedule, b1=float(optim_config.b1), b2=float(optim_config.b2), eps=float(optim_config.eps),
-                      weight_decay=float(optim_config.weight_decay))
+  if warmup <= 0:
+    return optax.constant_schedule(lr)
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+
+
+def make_optimizer(optim_config) -> optax.GradientTransformation:
+  """AdamW with an optional linear warm-up and global-norm clipping (the authors: lr 2e-5, no decay, neither)."""
+  adamw = optax.adamw(learning_rate_schedule(optim_config), b1=float(optim_config.b1), b2=float(optim_config.b2),
+                      eps=float(optim_config.eps), weight_decay=float(optim_config.weight_decay))
   clip = float(optim_config.grad_clip_norm)
   return optax.chain(optax.clip_by_global_norm(clip), adamw) if clip > 0 else adamw
 
@@ -128,10 +132,19 @@ def make_train_step(config, model, schedule):
   return multi_step
 
 
+def state_norms(state: TrainState, rates) -> dict:
+  """Global norm of the params and each EMA copy's distance from them, relative to that norm: how far the
+  averaged weights trail the trained ones (a jitted pass over the params, run when the loop logs)."""
+  norm = optax.tree.norm(state.params)
+  out = {"param_norm": norm}
+  for rate, ema in zip(rates, state.ema_params):
+    out[f"ema{float(rate):g}_distance"] = optax.tree.norm(jax.tree.map(jnp.subtract, ema, state.params)) / norm
+  return out
+
+
 def save_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+    storage.write_atomic(epath.Path(workdir) / "config.json", config.to_json_best_effort(indent=2))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -173,8 +186,7 @@ def _write_samples(config, generator, state, step, workdir, writer):
   images = generator.generate(state.ema_params[0], int(config.sampling.num_samples), rng)
   grid = sampling.image_grid(sampling.to_uint8(images))
   if jax.process_index() == 0:
-    epath.Path(workdir, "samples").mkdir(parents=True, exist_ok=True)
-    sampling.save_png(os.path.join(workdir, "samples", f"step_{step:08d}.png"), grid,
+    sampling.save_png(epath.Path(workdir) / "samples" / f"step_{step:08d}.png", grid,
                       upscale=max(1, 128 // int(config.data.image_size)))
   writer.write_images(step, {"samples": grid[None]})
 
@@ -211,9 +223,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   sums = fresh_sums()
   generator = sampling.Generator(config, model, mesh, schedule)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = summaries.create_writer(workdir, is_main=jax.process_index() == 0)
   if step == 0:
-    writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
+    writer.write_hparams(config.to_dict())
+  learning_rate = learning_rate_schedule(config.optim)
+  norms = jax.jit(lambda s: state_norms(s, config.ema_rates))
   hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                            every_steps=int(t.log_every))] if jax.process_index() == 0 else []
   batches = pipeline.create_train_iterator(config.data, global_batch_size=int(t.batch_size),
@@ -244,8 +258,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if every(int(t.log_every)) or last or preempted:
       _check_finite(sums, checkpointer)
       metrics = losses.finalize_metrics(jax.device_get(sums["sums"]))
+      metrics["learning_rate"] = float(learning_rate(step - 1))  # the rate of this interval's last update
+      metrics.update({k: float(v) for k, v in jax.device_get(norms(state)).items()})
       writer.write_scalars(step, metrics)
-      jsonl.append(os.path.join(workdir, "metrics.jsonl"), {"step": step, **metrics})
+      jsonl.append(epath.Path(workdir) / "metrics.jsonl", {"step": step, **metrics})
       sums = fresh_sums()
     if every(int(t.checkpoint_every)) or last or preempted:
       _check_finite(sums, checkpointer)
@@ -280,7 +296,7 @@ def restore_state(config, workdir: str, step: int | None = None, mesh=None) -> T
   train_hint = (f"Train first: python -m debias_jax.main --config=<the config> --workdir={workdir} (--mode train), "
                 f"or import PyTorch weights with python -m debias_jax.convert.")
   if not epath.Path(directory).is_dir():
-    raise checkpointing.CheckpointError(f"No checkpoints in {os.path.abspath(workdir)} (no {directory} folder). "
+    raise checkpointing.CheckpointError(f"No checkpoints in {storage.absolute(workdir)} (no {directory} folder). "
                                         f"{train_hint}")
   checkpointer = checkpointing.Checkpointer(directory, async_save=False)
   try:

@@ -17,7 +17,7 @@ def _colours(num_channels: int):
   return _CHANNEL_COLOURS.get(num_channels, [f"C{c}" for c in range(num_channels)])
 
 
-def _render(figure: Figure) -> np.ndarray:
+def render(figure: Figure) -> np.ndarray:
   canvas = FigureCanvasAgg(figure)
   canvas.draw()
   return np.asarray(canvas.buffer_rgba())[..., :3].copy()
@@ -46,7 +46,7 @@ def x0_error_figure(rows: list[dict], title: str = "", data_variance: float | No
   right.grid(True, which="both", alpha=0.3)
   figure.suptitle(title or "x0 and eps error per noise level")
   figure.tight_layout()
-  return _render(figure)
+  return render(figure)
 
 
 def signed_error_figure(rows: list[dict], title: str = "") -> np.ndarray:
@@ -68,7 +68,7 @@ def signed_error_figure(rows: list[dict], title: str = "") -> np.ndarray:
   axis.grid(True, alpha=0.3)
   figure.suptitle(title or "signed per-channel x0 error")
   figure.tight_layout()
-  return _render(figure)
+  return render(figure)
 
 
 def color_shift_figure(curves: dict[str, list[dict]], title: str = "") -> np.ndarray:
@@ -104,9 +104,5 @@ def color_shift_figure(curves: dict[str, list[dict]], title: str = "") -> np.nda
   right.grid(True, which="both", alpha=0.3)
   figure.suptitle(title or "colour / mean shift of samples vs sampling steps")
   figure.tight_layout()
-  return _render(figure)
+  return render(figure)
 
-
-def save(path: str, image: np.ndarray) -> None:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  Image.fromarray(image).save(path)

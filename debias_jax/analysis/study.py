@@ -17,13 +17,11 @@ WORKDIR/analysis, at the checkpoint's step, so several checkpoints form curves).
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from typing import Any
 
 from absl import logging
-from clu import metric_writers
+from etils import epath
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
@@ -32,8 +30,11 @@ import numpy as np
 
 from debias_jax import config_checks
 from debias_jax import generate
+from debias_jax import logs
 from debias_jax import parallel
 from debias_jax import sampling
+from debias_jax import storage
+from debias_jax import summaries
 from debias_jax.analysis import bias
 from debias_jax.analysis import color
 from debias_jax.analysis import gmm as gmm_analysis
@@ -130,9 +131,10 @@ class _Study:
     if int(self.a.num_examples) > available:
       logging.warning("config.analysis.num_examples=%d exceeds the %d examples of the data; using all of them.",
                       int(self.a.num_examples), available)
+    num_examples = min(int(self.a.num_examples), available)
     iterator = pipeline.create_eval_iterator(self.config.data, batch_size=int(self.a.batch_size),
-                                             num_examples=min(int(self.a.num_examples), available),
-                                             process_index=0, process_count=1)
+                                             num_examples=num_examples, process_index=0, process_count=1)
+    progress = logs.Progress("Analysis: x0 error per t bucket", num_examples, "examples")
     for i, batch in enumerate(iterator):
       local = {name: _process_slice(np.asarray(batch[name])) for name in ("image", "label", "mask")}
       arrays = parallel.global_batch(local, self.mesh)
@@ -144,6 +146,7 @@ class _Study:
       data_means.append(color.channel_means(images))
       if keep_images:
         kept.append(images)
+      progress.update(len(images))
     means = bias.finalize_sums(sums)
     count = int(means["count"][0])
     data = {"mean_image": image_sum / count, "channel_means": np.concatenate(data_means),
@@ -191,6 +194,8 @@ class _Study:
     generator = sampling.Generator(self.config, self.restored.model, self.mesh, self.schedule)
     labels = generate.sample_labels(self.config, int(self.a.num_samples))
     results, exact_results, strips = {}, {}, {}
+    progress = logs.Progress("Analysis: colour shift", len(self.a.samplers) * len(self.a.sampling_steps),
+                             "sampler settings", every_seconds=0.0)
     for name in self.a.samplers:
       results[name], exact_results[name], strip = [], [], []
       for steps in self.a.sampling_steps:
@@ -211,6 +216,7 @@ class _Study:
         strip.append(sampling.to_uint8(images[:STRIP_IMAGES]))
         logging.info("Colour shift, %s with %s steps: %s", name, steps,
                      {k: v for k, v in row.items() if k in ("channel_shift", "channel_fd", "mmd")})
+        progress.update()
         writer.write_images(self.restored.step, {f"samples/{name}/steps{int(steps):04d}":
                                                  sampling.image_grid(strip[-1], columns=STRIP_IMAGES)[None]})
       strips[name] = np.concatenate(strip)
@@ -289,8 +295,8 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   restored = generate.restore_params(config, workdir, int(config.analysis.checkpoint_step),
                                      bool(config.sampling.use_ema), mesh)
   study = _Study(config, restored)
-  out_dir = os.path.join(workdir, "analysis")
-  writer = metric_writers.create_default_writer(out_dir, just_logging=jax.process_index() > 0)
+  out_dir = epath.Path(workdir) / "analysis"
+  writer = summaries.create_writer(out_dir, is_main=jax.process_index() == 0)
   seconds = {}
   logging.info("Analysing %s of step %d in %s.", restored.params_name, restored.step, workdir)
 
@@ -306,7 +312,7 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   d, loss = config.data, config.loss
   result = {
-      "checkpoint_step": restored.step, "params": restored.params_name, "workdir": os.path.abspath(workdir),
+      "checkpoint_step": restored.step, "params": restored.params_name, "workdir": str(storage.absolute(workdir)),
       "data": {"source": d.get("source", "embedded"), "name": d.name, "split": d.get("split", "train"),
                "image_shape": list(study.image_shape), "num_examples": data["num_examples"]},
       "model": {"target": loss.target, "weighting": loss.weighting, "schedule": config.diffusion.schedule,
@@ -322,7 +328,7 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     result["color_shift"]["exact_denoiser"] = exact_shifts
   result["summary"] = summarize(result)
 
-  stem = os.path.join(out_dir, f"step_{restored.step:08d}")
+  stem = str(out_dir / f"step_{restored.step:08d}")
   title = f"{loss.weighting} ({loss.target}), step {restored.step}, {restored.params_name}"
   curves = dict(shifts)
   curves.update({f"{k} (exact denoiser)": v for k, v in exact_shifts.items()})
@@ -332,17 +338,13 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   for name, strip in strips.items():
     figures[f"samples_{name}"] = sampling.image_grid(strip, columns=STRIP_IMAGES)
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
     result["figures"] = {}
     for name, image in figures.items():
       path = f"{stem}_{name}.png"
-      if name.startswith("samples_"):
-        sampling.save_png(path, image, upscale=max(1, 64 // int(config.data.image_size)))
-      else:
-        plots.save(path, image)
+      upscale = max(1, 64 // int(config.data.image_size)) if name.startswith("samples_") else 1
+      sampling.save_png(path, image, upscale=upscale)
       result["figures"][name] = path
-    with open(stem + ".json", "w") as f:
-      json.dump(result, f, indent=2)
+    storage.write_json(stem + ".json", result)
   writer.write_scalars(restored.step, _scalars(result))
   writer.write_images(restored.step, {name: image[None] for name, image in figures.items()})
   writer.flush()

@@ -11,20 +11,33 @@ from __future__ import annotations
 import concurrent.futures
 import os
 
+from etils import epath
 import numpy as np
 
+from debias_jax import storage
 from debias_jax.data import base
 from debias_jax.data import images as images_lib
 
 
-def list_image_files(root: str) -> list[str]:
-  """Sorted relative paths of all images under root (extension match is case-insensitive; hidden files skipped)."""
+def _walk(root: epath.Path):
+  """(folder, sub-folders, files) under root; local folders follow symbolic links (epath's walk does not)."""
+  if storage.is_remote(root):
+    yield from root.walk()
+  else:
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+      yield epath.Path(dirpath), dirnames, filenames
+
+
+def list_image_files(root) -> list[str]:
+  """Sorted relative paths ('/'-separated) of all images under root, local or on an object store (extension match
+  is case-insensitive; hidden files and folders skipped)."""
+  root = epath.Path(root)
   paths = []
-  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+  for folder, dirnames, filenames in _walk(root):
     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     for name in filenames:
       if not name.startswith(".") and name.lower().endswith(images_lib.IMAGE_EXTENSIONS):
-        paths.append(os.path.relpath(os.path.join(dirpath, name), root))
+        paths.append(str((folder / name).relative_to(root)))
   return sorted(paths)
 
 
@@ -36,17 +49,17 @@ class FolderSource(base.Source):
   def __init__(self, root: str, image_size: int, channels: int, num_workers: int | None = None):
     if not root:
       raise ValueError("data.data_dir is empty: set it to the image folder, e.g. --config.data.data_dir=/data/ffhq.")
-    if not os.path.isdir(root):
+    if not epath.Path(root).is_dir():
       raise FileNotFoundError(f"data.data_dir={root!r} is not a directory; point it at the folder of images.")
     images_lib.pil_mode(channels)
     relative = list_image_files(root)
     if not relative:
       raise FileNotFoundError(f"No .jpg, .jpeg or .png files found under data.data_dir={root!r}.")
     self.root = root
-    self.paths = [os.path.join(root, p) for p in relative]
+    self.paths = [str(epath.Path(root) / p) for p in relative]
     self.num_examples = len(self.paths)
     self.image_shape = (image_size, image_size, channels)
-    top = [p.split(os.sep, 1)[0] if os.sep in p else None for p in relative]
+    top = [p.split("/", 1)[0] if "/" in p else None for p in relative]
     if all(t is not None for t in top):
       self.label_names = sorted(set(top))
       index = {name: i for i, name in enumerate(self.label_names)}

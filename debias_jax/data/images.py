@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from etils import epath
 import numpy as np
 from PIL import Image
 
@@ -46,7 +47,7 @@ def pil_mode(channels: int) -> str:
 def load_image_file(path: str, image_size: int, channels: int) -> np.ndarray:
   """Decodes one file, converts it to grey or RGB and ADM-resizes it: uint8 (image_size, image_size, channels)."""
   try:
-    with Image.open(path) as image:
+    with epath.Path(path).open("rb") as f, Image.open(f) as image:   # local or gs://
       image.load()
       image = image.convert(pil_mode(channels))
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -15,12 +15,11 @@ WORKDIR/eval. A rerun skips every combination already in the file, so a preempte
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
 from absl import logging
-from clu import metric_writers
+from etils import epath
 import jax
 import ml_collections
 
@@ -28,8 +27,11 @@ from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import generate
 from debias_jax import jsonl
+from debias_jax import logs
 from debias_jax import parallel
 from debias_jax import sampling
+from debias_jax import storage
+from debias_jax import summaries
 from debias_jax.evaluation import features
 
 RESULTS_FILE = "results.jsonl"
@@ -64,13 +66,13 @@ def available_steps(workdir: str) -> list[int]:
   """The checkpoint steps in workdir, or a CheckpointError saying what to run first."""
   directory = checkpointing.checkpoint_dir(workdir)
   steps = []
-  if os.path.isdir(directory):
+  if epath.Path(directory).is_dir():
     checkpointer = checkpointing.Checkpointer(directory, async_save=False)
     steps = sorted(checkpointer.all_steps())
     checkpointer.close()
   if not steps:
     raise checkpointing.CheckpointError(
-        f"No checkpoints in {os.path.abspath(directory)}. Train first: python -m debias_jax.main "
+        f"No checkpoints in {storage.absolute(directory)}. Train first: python -m debias_jax.main "
         f"--config=<the config> --workdir={workdir} (--mode train), then rerun --mode eval.")
   return steps
 
@@ -89,13 +91,19 @@ def _sampler_options(config, name: str) -> dict:
 def _reference_name(config) -> str:
   ev, d = config.eval, config.data
   if ev.get("reference_npz", ""):
-    return f"npz:{os.path.abspath(os.path.expanduser(ev.reference_npz))}"
+    return f"npz:{storage.absolute(ev.reference_npz)}"
   num = int(ev.get("num_reference", 0))
   return f"data:{d.get('source', 'embedded')}/{d.name}/{d.get('split', 'train')}/{num if num else 'all'}"
 
 
 def result_key(record: dict) -> str:
   return json.dumps({k: record.get(k) for k in KEY_FIELDS}, sort_keys=True)
+
+
+def _counted(batches, progress: logs.Progress):
+  for images, _ in batches:
+    progress.update(len(images))
+    yield images
 
 
 def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
@@ -111,8 +119,8 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir: str) -> lis
     raise checkpointing.CheckpointError(f"No checkpoint at steps {missing} in {workdir}; it holds {available}. "
                                         f"Set config.eval.checkpoint_steps to some of those, or () for all.")
 
-  out_dir = os.path.join(workdir, "eval")
-  path = os.path.join(out_dir, RESULTS_FILE)
+  out_dir = epath.Path(workdir) / "eval"
+  path = out_dir / RESULTS_FILE
   done = {result_key(r): r for r in jsonl.read(path)}
   use_ema = bool(config.sampling.use_ema)
   params_name = f"ema{float(config.ema_rates[0]):g}" if use_ema else "params"
@@ -128,11 +136,11 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir: str) -> lis
   extractor = features.get_feature_extractor(ev, config.data)
   reference = features.reference_from_config(extractor, ev, config.data)
   mesh = parallel.create_mesh()
-  writer = metric_writers.create_default_writer(out_dir, just_logging=jax.process_index() > 0)
+  writer = summaries.create_writer(out_dir, is_main=jax.process_index() == 0)
   generator = None
   labels = generate.sample_labels(config, int(ev.num_samples))
   restored = None
-  for item in todo:
+  for index, item in enumerate(todo):
     if restored is None or restored.step != item["checkpoint_step"]:
       restored = generate.restore_params(config, workdir, item["checkpoint_step"], use_ema, mesh)
       generator = generator or sampling.Generator(config, restored.model, mesh)
@@ -140,7 +148,10 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir: str) -> lis
     batches = generate.sample_batches(generator, restored.params, int(ev.num_samples), generate.sample_rng(config),
                                       batch_size=int(config.sampling.batch_size), sampler=item["sampler"],
                                       steps=item["steps"], labels=labels)
-    metrics = features.evaluate_samples(extractor, (sampling.to_uint8(images) for images, _ in batches),
+    progress = logs.Progress(f"Eval {index + 1}/{len(todo)} (step {item['checkpoint_step']}, {item['sampler']} "
+                             f"{item['steps']} steps)", item["num_samples"])
+    metrics = features.evaluate_samples(extractor, (sampling.to_uint8(images) for images in
+                                                    _counted(batches, progress)),
                                         reference, pr_k=int(ev.get("pr_k", 3)))
     record = {**item, **{k: float(v) for k, v in metrics.items() if k != "num_samples"},
               "seconds": round(time.time() - start, 3)}

@@ -17,6 +17,7 @@ import sys
 from absl import app
 from absl import flags
 
+from debias_jax import storage
 from debias_jax.evaluation import features
 
 FLAGS = flags.FLAGS
@@ -59,8 +60,7 @@ def main(argv):
   for name, value in metrics.items():
     print(f"{name}: {value:.6g}")
   if FLAGS.output_json:
-    with open(FLAGS.output_json, "w") as f:
-      json.dump(metrics, f, indent=2, sort_keys=True)
+    storage.write_atomic(FLAGS.output_json, json.dumps(metrics, indent=2, sort_keys=True))
   sys.stdout.flush()
 
 

@@ -39,8 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from flax import traverse_util
 
+from debias_jax import storage
 from debias_jax.evaluation import fid as fid_lib
 
 FEATURE_SPACES = ("auto", "inception", "standin", "pixels")
@@ -146,7 +148,7 @@ def pixel_extractor(batch_size: int = 256) -> FeatureExtractor:
 def inception_extractor(weights_path: str, batch_size: int = 256) -> FeatureExtractor:
   """FID Inception-v3 from a local weight file (`inception.WEIGHTS_FORMAT`); the key hashes the file."""
   from debias_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
-  forward, num_classes = inception.load_inception_fn(os.path.expanduser(weights_path))
+  forward, num_classes = inception.load_inception_fn(storage.absolute(weights_path))
 
   def apply(images):
     out = forward(images)
@@ -155,7 +157,7 @@ def inception_extractor(weights_path: str, batch_size: int = 256) -> FeatureExtr
       renamed["logits"] = out["logits"]
     return renamed
 
-  digest = _file_digest(os.path.expanduser(weights_path))
+  digest = _file_digest(storage.absolute(weights_path))
   return FeatureExtractor(name="inception", key=f"inception-{digest[:16]}", apply=apply, batch_size=batch_size,
                           info={"num_classes": num_classes, "weights": weights_path})
 
@@ -302,13 +304,13 @@ def save_standin(path: str, model: StandinModel, metadata: Mapping[str, Any] | N
   meta = {"num_classes": model.num_classes, "recipe": dataclasses.asdict(model.recipe),
           "holdout_accuracy": model.holdout_accuracy, "image_shape": list(model.image_shape),
           "version": STANDIN_VERSION, **(metadata or {})}
-  fid_lib._atomic_savez(path, **{f"param/{k}": v for k, v in flat.items()},  # pylint: disable=protected-access
-                        metadata=np.asarray(json.dumps(meta, sort_keys=True)))
+  storage.save_npz(path, **{f"param/{k}": v for k, v in flat.items()},
+                   metadata=np.asarray(json.dumps(meta, sort_keys=True)))
   return path
 
 
 def load_standin(path: str) -> StandinModel:
-  with np.load(path, allow_pickle=False) as data:
+  with epath.Path(path).open("rb") as f, np.load(f, allow_pickle=False) as data:
     meta = json.loads(str(data["metadata"]))
     flat = {k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")}
   if meta.get("version") != STANDIN_VERSION:
@@ -328,10 +330,10 @@ def standin_extractor(data_config, *, cache_dir: str = "", batch_size: int = 256
                      "dataset) or 'inception' (with eval.inception_weights).")
   fingerprint = _array_digest(images, labels, json.dumps(dataclasses.asdict(recipe), sort_keys=True))
   name = _get(data_config, "name", "data")
-  path = os.path.join(resolve_cache_dir(cache_dir), f"standin_{name}_{images.shape[1]}px_{images.shape[3]}ch_"
-                      f"v{STANDIN_VERSION}_{fingerprint[:16]}.npz")
+  path = resolve_cache_dir(cache_dir) / (f"standin_{name}_{images.shape[1]}px_{images.shape[3]}ch_"
+                                         f"v{STANDIN_VERSION}_{fingerprint[:16]}.npz")
   model = None
-  if os.path.exists(path):
+  if path.exists():
     try:
       model = load_standin(path)
     except (ValueError, OSError, KeyError) as e:
@@ -373,8 +375,8 @@ def load_dataset_arrays(data_config, max_examples: int | None = None) -> tuple[n
   return images, labels, int(info.get("num_classes") or 0)
 
 
-def resolve_cache_dir(cache_dir: str = "") -> str:
-  return os.path.expanduser(cache_dir or DEFAULT_CACHE_DIR)
+def resolve_cache_dir(cache_dir: str = "") -> epath.Path:
+  return storage.absolute(cache_dir or DEFAULT_CACHE_DIR)
 
 
 def reference_statistics(extractor: FeatureExtractor, data_config, num_examples: int | None = None, *,
@@ -387,8 +389,8 @@ def reference_statistics(extractor: FeatureExtractor, data_config, num_examples:
   data_fields = {k: repr(v) for k, v in sorted(data_config.items()) if k not in _NOT_CONTENT_FIELDS}
   cache_key = _string_digest(json.dumps({"extractor": extractor.key, "data": data_fields,
                                          "num_examples": num_examples}, sort_keys=True))
-  path = os.path.join(resolve_cache_dir(cache_dir), f"reference_{extractor.name}_{cache_key[:16]}.npz")
-  if os.path.exists(path):
+  path = resolve_cache_dir(cache_dir) / f"reference_{extractor.name}_{cache_key[:16]}.npz"
+  if path.exists():
     reference = fid_lib.load_reference_batch(path)
     if reference.metadata.get("feature_key") == extractor.key and reference.stats is not None:
       return reference
@@ -507,7 +509,7 @@ def reference_from_config(extractor: FeatureExtractor, eval_config, data_config)
   examples (0: the whole split), cached in eval.cache_dir."""
   reference_npz = _get(eval_config, "reference_npz", "")
   if reference_npz:
-    return reference_from_npz(extractor, os.path.expanduser(reference_npz), _get(eval_config, "batch_size", None))
+    return reference_from_npz(extractor, storage.absolute(reference_npz), _get(eval_config, "batch_size", None))
   num_reference = int(_get(eval_config, "num_reference", 0)) or None
   return reference_statistics(extractor, data_config, num_reference, cache_dir=_get(eval_config, "cache_dir", ""))
 
@@ -557,12 +559,12 @@ def _tree_digest(tree) -> str:
 def _file_digest_cached(path: str, size: int, mtime: float) -> str:
   del size, mtime  # part of the cache key only
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
+  with epath.Path(path).open("rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
       digest.update(chunk)
   return digest.hexdigest()
 
 
-def _file_digest(path: str) -> str:
-  stat = os.stat(path)
-  return _file_digest_cached(path, stat.st_size, stat.st_mtime)
+def _file_digest(path) -> str:
+  stat = epath.Path(path).stat()
+  return _file_digest_cached(str(path), stat.length, stat.mtime)

@@ -20,17 +20,18 @@ import dataclasses
 import collections
 import functools
 import hashlib
-import os
-import tempfile
 import warnings
 import zipfile
 from typing import Iterable, Mapping
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from scipy import linalg
+
+from debias_jax import storage
 
 ADM_IS_SPLIT_SIZE = 5000
 PR_NEIGHBOURHOOD = 3
@@ -345,7 +346,7 @@ def save_samples_npz(path: str, images, labels=None) -> str:
     if labels.shape != (images.shape[0],):
       raise ValueError(f"labels must have shape ({images.shape[0]},); got {labels.shape}.")
     arrays["arr_1"] = labels
-  _atomic_savez(path, **arrays)
+  storage.save_npz(path, **arrays)
   return path
 
 
@@ -391,7 +392,7 @@ def save_reference_batch(path: str, *, stats: FeatureStatistics | None = None, i
     arrays[f"meta_{key}"] = np.asarray(str(value))
   if not arrays:
     raise ValueError("Nothing to save: give at least one of stats, images, spatial_stats, features.")
-  _atomic_savez(path, **arrays)
+  storage.save_npz(path, **arrays)
   return path
 
 
@@ -425,41 +426,28 @@ def load_reference_batch(path: str) -> ReferenceBatch:
 class _open_npz:
   """np.load of an .npz with errors that say what is wrong with the file."""
 
-  def __init__(self, path: str):
-    self.path = path
-    self.data = None
+  def __init__(self, path):
+    self.path = epath.Path(path)
+    self.file = self.data = None
 
   def __enter__(self):
-    if not os.path.exists(self.path):
+    if not self.path.exists():
       raise FileNotFoundError(f"No such .npz file: {self.path}")
+    self.file = self.path.open("rb")   # local or gs://; members are read lazily
     try:
-      self.data = np.load(self.path, allow_pickle=False)
+      self.data = np.load(self.file, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile) as e:
+      self.file.close()
       raise ValueError(f"{self.path} is not a readable .npz file ({e}).") from e
     if not hasattr(self.data, "files"):
+      self.file.close()
       raise ValueError(f"{self.path} holds a single .npy array, not an .npz archive of named arrays.")
     return self.data
 
   def __exit__(self, *exc):
     self.data.close()
+    self.file.close()
     return False
-
-
-def _atomic_savez(path: str, **arrays) -> None:
-  """np.savez to a temporary file then rename, so a reader (or a preempted writer) never sees half a file."""
-  if not path.endswith(".npz"):
-    raise ValueError(f"npz paths must end in .npz (np.savez would append it); got {path!r}.")
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def _as_feature_matrix(x, name: str) -> np.ndarray:

@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 import pickle
 from typing import Any, Callable, Mapping
 
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from debias_jax import storage
 
 INPUT_SIZE = 299
 MIN_INPUT_SIZE = 75
@@ -323,10 +325,9 @@ def _read_weight_dict(path: str) -> Mapping:
   if not path:
     raise InceptionWeightsError("No Inception weight file given (config value eval.inception_weights is empty).\n"
                                 + HOW_TO_GET)
-  if not os.path.isfile(path):
-    raise InceptionWeightsError(f"Inception weight file not found: {path!r}.\n" + HOW_TO_GET)
-  with open(path, "rb") as f:
-    raw = f.read()
+  if not epath.Path(path).is_file():
+    raise InceptionWeightsError(f"Inception weight file not found: {str(path)!r}.\n" + HOW_TO_GET)
+  raw = epath.Path(path).read_bytes()
   try:
     tree = _ArraysOnlyUnpickler(io.BytesIO(raw)).load()
   except Exception as e:  # pickle raises many types on foreign bytes.
@@ -389,9 +390,7 @@ def load_params(path: str) -> tuple[dict, int]:
 def save_params(path: str, params) -> str:
   """Writes params in WEIGHTS_FORMAT (numpy arrays in nested dicts), readable by `load_params` and jax-fid."""
   tree = jax.tree.map(lambda x: np.asarray(x, np.float32), _to_plain_dict(params))
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "wb") as f:
-    pickle.dump(tree, f, protocol=4)
+  storage.write_atomic(path, pickle.dumps(tree, protocol=4))
   return path
 
 
@@ -455,8 +454,8 @@ def load_inception_fn(path: str, **kwargs) -> tuple[Callable[[Any], dict[str, ja
 
 def read_torch_state_dict(path: str) -> Mapping[str, np.ndarray]:
   """pytorch-fid's .pth (needs torch), or the same state dict saved as .npz of numpy arrays (needs no torch)."""
-  if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as data:
+  if str(path).endswith(".npz"):
+    with epath.Path(path).open("rb") as f, np.load(f, allow_pickle=False) as data:
       return {k: data[k] for k in data.files}
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -466,7 +465,8 @@ def read_torch_state_dict(path: str) -> Mapping[str, np.ndarray]:
         "  python -c \"import torch, numpy as np; sd = torch.load('pt_inception-2015-12-05-6726825d.pth', "
         "map_location='cpu'); np.savez('pt_inception.npz', **{k: v.numpy() for k, v in sd.items()})\"\n"
         "and convert the .npz instead.") from e
-  return torch.load(path, map_location="cpu", weights_only=True)
+  with epath.Path(path).open("rb") as f:
+    return torch.load(f, map_location="cpu", weights_only=True)
 
 
 def _main(argv):

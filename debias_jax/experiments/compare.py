@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import os
 import resource
 import shlex
@@ -39,6 +38,7 @@ from typing import Iterator
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -46,7 +46,10 @@ import numpy as np
 from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import jsonl
+from debias_jax import logs
+from debias_jax import runtime
 from debias_jax import sampling
+from debias_jax import storage
 from debias_jax import train
 from debias_jax.analysis import study as analysis_study
 from debias_jax.diffusion import targets
@@ -203,11 +206,11 @@ def validate_study(config) -> None:
 
 
 def study_path(workdir: str, *parts: str) -> str:
-  return os.path.join(workdir, STUDY_DIR, *parts)
+  return str(epath.Path(workdir, STUDY_DIR, *parts))
 
 
 def arm_dir(workdir: str, arm: Arm) -> str:
-  return os.path.join(workdir, ARMS_DIR, arm.directory)
+  return str(epath.Path(workdir, ARMS_DIR, arm.directory))
 
 
 @contextlib.contextmanager
@@ -223,7 +226,7 @@ def timed(workdir: str, phase: str, arm: str = "") -> Iterator[dict]:
 
 def saved_steps(workdir: str) -> list[int]:
   directory = checkpointing.checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
+  if not epath.Path(directory).is_dir():
     return []
   checkpointer = checkpointing.Checkpointer(directory, async_save=False)
   try:
@@ -255,7 +258,7 @@ TRAINING_FIELDS = ("seed", "data", "model", "diffusion", "loss", "optim", "ema_r
 
 def check_same_training(c, directory: str) -> None:
   """Raises ConfigError if the arm in `directory` was trained with another config than `c` (its length aside)."""
-  if not os.path.exists(os.path.join(directory, "config.json")):
+  if not (epath.Path(directory) / "config.json").exists():
     return
   differences = config_checks.differences_from_saved(c, train.load_config(directory), TRAINING_FIELDS)
   if differences:
@@ -288,7 +291,7 @@ def train_arm(config, workdir: str, arm: Arm) -> None:
 
 
 def _results_path(directory: str) -> str:
-  return os.path.join(directory, "eval", eval_checkpoints.RESULTS_FILE)
+  return str(epath.Path(directory, "eval", eval_checkpoints.RESULTS_FILE))
 
 
 def _evaluate(c, directory: str, steps: list[int], entries: tuple[str, ...]) -> int:
@@ -325,14 +328,13 @@ def evaluate_sweep(config, workdir: str, arm: Arm) -> None:
 
 
 def analysis_path(directory: str, step: int) -> str:
-  return os.path.join(directory, "analysis", f"step_{step:08d}.json")
+  return str(epath.Path(directory, "analysis", f"step_{step:08d}.json"))
 
 
 def _analysis_covers(path: str, samplers: tuple[str, ...], steps: tuple[int, ...]) -> bool:
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     return False
-  with open(path) as f:
-    result = json.load(f)
+  result = storage.read_json(path)
   curves = result.get("color_shift", {}).get("samplers", {})
   return all(name in curves and set(steps) <= {int(r["steps"]) for r in curves[name]} for name in samplers)
 
@@ -390,9 +392,8 @@ def data_floor(config, workdir: str) -> dict:
   space = features.resolve_feature_space(config.eval, config.data)
   path = study_path(workdir, "data_floor.json")
   key = {"num_samples": num, "feature_space": space, "data": config.data.name, "seed": int(config.seed)}
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  if epath.Path(path).exists():
+    saved = storage.read_json(path)
     if saved.get("key") == key:
       return saved
   with timed(workdir, "floor"):
@@ -412,9 +413,7 @@ def data_floor(config, workdir: str) -> dict:
   record = {"key": key, "independent_of_reference": independent,
             **{k: float(v) for k, v in metrics.items()}}
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(record, f, indent=2)
+    storage.write_json(path, record)
   return record
 
 
@@ -437,21 +436,23 @@ def run_study(config, workdir: str, *, command: str = "", phases: tuple[str, ...
   cpu_start = usage.ru_utime + usage.ru_stime
   run = {"command": command, "start": start, "load_start": list(os.getloadavg()), "phases": list(phases)}
   if jax.process_index() == 0:
-    os.makedirs(study_path(workdir), exist_ok=True)
-    with open(study_path(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    storage.write_atomic(study_path(workdir, "config.json"), config.to_json_best_effort(indent=2))
   completed = False
   try:
     steps = {"train": train_arm, "iterations": evaluate_iterations, "exact": analyze_checkpoints,
              "steps": evaluate_sweep, "analysis": analyze_last}
+    progress = logs.Progress(f"Study {workdir}", sum(len(arms) for p in phases if p in steps) + ("floor" in phases),
+                             "phases of arms", every_seconds=0.0)
     for phase in PHASES:
       if phase not in phases:
         continue
       if phase == "floor":
         data_floor(config, workdir)
+        progress.update()
         continue
       for arm in arms:
         steps[phase](config, workdir, arm)
+        progress.update()
       logging.info("Study %s: phase %s done (%.0f s so far); writing the interim report.", workdir, phase,
                    time.time() - start)
       report.write_report(config, workdir, current_run=dict(run, seconds=time.time() - start), figures=False)
@@ -472,17 +473,9 @@ def run(config, workdir: str, *, command: str = "", phases: tuple[str, ...] = PH
     from debias_jax.experiments import report  # pylint: disable=g-import-not-at-top
     names = list(config.suite.keys())
     for name in names:
-      run_study(config.suite[name], os.path.join(workdir, name), command=command, phases=phases)
+      run_study(config.suite[name], str(epath.Path(workdir) / name), command=command, phases=phases)
     return report.write_suite_report(config, workdir, names)
   return run_study(config, workdir, command=command, phases=phases)
-
-
-def enable_compilation_cache(directory: str) -> None:
-  """JAX's persistent compilation cache: arms sharing programs (and reruns) load them instead of compiling."""
-  os.makedirs(directory, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def command_line(argv: list[str]) -> str:
@@ -501,15 +494,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   signal.signal(signal.SIGTERM, _exit_on_sigterm)
-  from debias_jax.data import hide_gpus_from_tensorflow  # pylint: disable=g-import-not-at-top
-  hide_gpus_from_tensorflow()
+  cache = FLAGS.compilation_cache or str(epath.Path(FLAGS.workdir) / "xla_cache")
+  runtime.setup(cache)
   bad = [p for p in FLAGS.phases if p not in PHASES]
   if bad:
     raise app.UsageError(f"--phases has {bad}; valid: {', '.join(PHASES)}.")
   from debias_jax.experiments import report  # pylint: disable=g-import-not-at-top,unused-import
-  cache = FLAGS.compilation_cache or os.path.join(FLAGS.workdir, "xla_cache")
-  if cache != "none":
-    enable_compilation_cache(cache)
   path = run(FLAGS.config, FLAGS.workdir, command=command_line(sys.argv), phases=tuple(FLAGS.phases))
   logging.info("Report: %s", path)
   print(f"Report written to {path}")

@@ -9,19 +9,20 @@ for "within noise". Missing results (an unfinished study) show as a dash.
 
 from __future__ import annotations
 
-import glob
-import json
 import math
 import os
 import re
 import time
 from typing import Sequence
 
+from etils import epath
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from debias_jax import jsonl
+from debias_jax import sampling
+from debias_jax import storage
+from debias_jax.analysis import plots
 from debias_jax.analysis import study as analysis_study
 from debias_jax.experiments import compare
 
@@ -106,19 +107,18 @@ class Study:
     self.analysis = {}  # (arm, step) -> analysis json
     for arm in self.arms:
       directory = compare.arm_dir(workdir, arm)
-      for record in jsonl.read(os.path.join(directory, "eval", "results.jsonl")):
+      for record in jsonl.read(epath.Path(directory, "eval", "results.jsonl")):
         if record.get("num_samples") == self.num_samples and record.get("feature_space") == self.feature_space:
           self.fd[(arm.name, int(record["checkpoint_step"]), record["sampler"], str(record["steps"]),
                    int(record["seed"]))] = record
-      for path in glob.glob(os.path.join(directory, "analysis", "step_*.json")):
-        with open(path) as f:
-          result = json.load(f)
+      analysis_dir = epath.Path(directory, "analysis")
+      for path in sorted(analysis_dir.glob("step_*.json")) if analysis_dir.exists() else []:
+        result = storage.read_json(path)
         self.analysis[(arm.name, int(result["checkpoint_step"]))] = result
     floor_path = compare.study_path(workdir, "data_floor.json")
     self.floor = None
-    if os.path.exists(floor_path):
-      with open(floor_path) as f:
-        self.floor = json.load(f)
+    if epath.Path(floor_path).exists():
+      self.floor = storage.read_json(floor_path)
     self.timings = jsonl.read(compare.study_path(workdir, "timings.jsonl"))
     self.runs = jsonl.read(compare.study_path(workdir, "runs.jsonl"))
 
@@ -179,17 +179,8 @@ class Study:
 # Figures.
 
 
-def _render(figure: Figure) -> np.ndarray:
-  canvas = FigureCanvasAgg(figure)
-  canvas.draw()
-  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
 def _save(study: Study, name: str, figure: Figure) -> str:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  directory = os.path.join(study.workdir, FIGURES_DIR)
-  os.makedirs(directory, exist_ok=True)
-  Image.fromarray(_render(figure)).save(os.path.join(directory, name))
+  sampling.save_png(epath.Path(study.workdir, FIGURES_DIR, name), plots.render(figure))
   return f"{FIGURES_DIR}/{name}"
 
 
@@ -628,8 +619,8 @@ def render(study: Study, current_run: dict | None = None, figures: bool = True) 
     strips = []
     for arm in study.arms:
       for sampler in samplers:
-        path = os.path.join(compare.ARMS_DIR, arm.directory, "analysis", f"step_{study.last:08d}_samples_{sampler}.png")
-        if os.path.exists(os.path.join(study.workdir, path)):
+        path = f"{compare.ARMS_DIR}/{arm.directory}/analysis/step_{study.last:08d}_samples_{sampler}.png"
+        if epath.Path(study.workdir, path).exists():
           strips.append(f"- `{arm.name}`, {sampler} (rows: "
                         f"{', '.join(str(r['steps']) for r in study.color_rows(arm.name, sampler))} steps): "
                         f"![{arm.name} {sampler}]({path})")
@@ -648,11 +639,8 @@ def write_report(config, workdir: str, current_run: dict | None = None, figures:
   """Writes workdir/REPORT.md (and its figures) from the saved results; returns its path."""
   study = Study(config, workdir)
   text = render(study, current_run, figures)
-  path = os.path.join(workdir, compare.REPORT_FILE)
-  os.makedirs(workdir, exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  path = str(epath.Path(workdir, compare.REPORT_FILE))
+  storage.write_atomic(path, text)
   return path
 
 
@@ -660,14 +648,13 @@ def write_suite_report(config, workdir: str, names: Sequence[str]) -> str:
   """workdir/REPORT.md over a suite: the total wall time, then each study's report (links rebased)."""
   parts, total = [], 0.0
   for name in names:
-    study_dir = os.path.join(workdir, name)
-    path = os.path.join(study_dir, compare.REPORT_FILE)
-    if not os.path.exists(path):
+    study_dir = str(epath.Path(workdir, name))
+    path = epath.Path(study_dir, compare.REPORT_FILE)
+    if not path.exists():
       parts.append(f"## {name}\n\nNot run yet.")
       continue
     total += Study(config.suite[name], study_dir).wall_seconds(None)
-    with open(path) as f:
-      text = f.read()
+    text = path.read_text()
     text = re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)
     text = re.sub(r"\]\((figures|arms)/", lambda m: f"]({name}/{m.group(1)}/", text)
     parts.append(text)
@@ -675,7 +662,6 @@ def write_suite_report(config, workdir: str, names: Sequence[str]) -> str:
             f"Studies: {', '.join(f'`{n}`' for n in names)}, each in its own folder with its own REPORT.md. "
             f"Total wall time **{total / 60:.1f} min** ({total:.0f} s)."]
   text = "\n\n".join(header + parts) + "\n"
-  path = os.path.join(workdir, compare.REPORT_FILE)
-  with open(path, "w") as f:
-    f.write(text)
+  path = str(epath.Path(workdir, compare.REPORT_FILE))
+  storage.write_atomic(path, text)
   return path
