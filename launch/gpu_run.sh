@@ -16,7 +16,8 @@
 #                   shared directory (NFS, Lustre, or gs://): every process writes its part of each checkpoint
 #   CONFIG          default configs/default.py (relative to the repository)
 #   MODE            train (default) | sample | eval | analyze
-#   INSTALL=1       first run launch/install.sh ${CUDA:-cuda12} (CUDA=cuda13 for the CUDA 13 wheels)
+#   INSTALL=1       first run launch/install.sh ${CUDA:-cuda12}: the package with its cuda12 extra, jax[cuda12]
+#                   (CUDA=cuda13: the cuda13 extra, CUDA 13 wheels)
 #   VENV            the environment to install into / run from (default ~/venvs/debias_jax)
 #   PYTHON          run with this interpreter instead of ${VENV}/bin/python (an environment you made yourself)
 #   COORDINATOR, NUM_PROCESSES, PROCESS_ID

@@ -2,10 +2,10 @@
 # Installs this checkout into a virtual environment on the machine that trains (a TPU VM worker, a GPU host).
 #
 # Usage (from anywhere; it installs the checkout it belongs to):
-#   launch/install.sh tpu        # jax[tpu]: libtpu from PyPI
-#   launch/install.sh cuda12     # jax[cuda12]: CUDA 12 wheels from PyPI (needs an NVIDIA driver >= 525)
-#   launch/install.sh cuda13     # jax[cuda13]: CUDA 13 wheels (driver >= 580)
-#   launch/install.sh cpu
+#   launch/install.sh tpu        # the package's tpu extra, jax[tpu]: libtpu from PyPI
+#   launch/install.sh cuda12     # its cuda12 extra, jax[cuda12]: CUDA 12 wheels from PyPI (NVIDIA driver >= 525)
+#   launch/install.sh cuda13     # its cuda13 extra, jax[cuda13]: CUDA 13 wheels (driver >= 580)
+#   launch/install.sh cpu        # no extra: JAX on the CPU
 #
 # Environment:
 #   VENV            default ~/venvs/debias_jax; created if missing, reused otherwise
@@ -14,8 +14,9 @@
 #                   uv (pip install --user uv) installs Python ${PYTHON_VERSION:-3.11} for the venv
 #   PYTHON_VERSION  the Python uv installs when none is found (default 3.11, what constraints.txt was made with)
 #   DRY_RUN=1       print the commands instead of running them
-# The packages are pinned by constraints.txt (jax==0.10.2 and everything else the tests ran with); the JAX
-# extra adds the matching accelerator plugin (libtpu, or the CUDA plugin and its NVIDIA wheels).
+# The packages are pinned by constraints.txt (jax==0.10.2 and everything else the tests ran with); the extra
+# (pyproject.toml) adds the accelerator plugin that matches that JAX (libtpu, or the CUDA plugin and its NVIDIA
+# wheels).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -23,10 +24,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 BACKEND="${1:-${BACKEND:-}}"
 [[ -n "${BACKEND}" ]] || die "name the backend: $0 tpu | cuda12 | cuda13 | cpu."
 case "${BACKEND}" in
-  tpu) JAX_REQUIREMENT="jax[tpu]" ;;
-  cuda12) JAX_REQUIREMENT="jax[cuda12]" ;;
-  cuda13) JAX_REQUIREMENT="jax[cuda13]" ;;
-  cpu) JAX_REQUIREMENT="jax" ;;
+  tpu | cuda12 | cuda13) PACKAGE=".[${BACKEND}]" ;;
+  cpu) PACKAGE="." ;;
   *) die "unknown backend '${BACKEND}'; use tpu, cuda12, cuda13 or cpu." ;;
 esac
 VENV="${VENV:-${HOME}/venvs/debias_jax}"
@@ -84,7 +83,7 @@ fi
 
 cd "${REPO_ROOT}"
 run "${VENV}/bin/python" -m pip install --quiet --upgrade pip
-run "${VENV}/bin/python" -m pip install --quiet -c constraints.txt -e . "${JAX_REQUIREMENT}"
+run "${VENV}/bin/python" -m pip install --quiet -c constraints.txt -e "${PACKAGE}"
 # A check that touches no accelerator (on a pod slice the TPU starts only when every worker runs JAX together).
 run "${VENV}/bin/python" -c "import jax, jaxlib, debias_jax; print('debias_jax installed: jax', jax.__version__, 'jaxlib', jaxlib.__version__)"
 note "done: run with ${VENV}/bin/python -m debias_jax.main ..."

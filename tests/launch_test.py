@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -160,19 +161,27 @@ class DryRunTest(parameterized.TestCase):
                                        "--config=configs/default.py --workdir=/shared/a --distributed"])
     self.assertIn("SLURM task 5 of 16", result.stderr)
 
-  @parameterized.parameters(("tpu", "jax[tpu]"), ("cuda12", "jax[cuda12]"), ("cuda13", "jax[cuda13]"),
-                            ("cpu", "jax"))
-  def test_install_pins_the_packages_and_adds_the_backend(self, backend, requirement):
+  @parameterized.parameters(("tpu", r".\[tpu\]"), ("cuda12", r".\[cuda12\]"), ("cuda13", r".\[cuda13\]"),
+                            ("cpu", "."))
+  def test_install_pins_the_packages_and_adds_the_backend_extra(self, backend, package):
     venv = tempfile.mkdtemp()
     os.makedirs(os.path.join(venv, "bin"))
     os.symlink(sys.executable, os.path.join(venv, "bin", "python"))
     result = launch("install.sh", {"VENV": venv}, backend)
     self.assertEqual(result.returncode, 0, result.stderr)
     self.assertIn(f"reusing {venv}", result.stderr)
-    escaped = requirement.replace("[", r"\[").replace("]", r"\]")
     self.assertEqual(printed(result)[:2], [f"+ {venv}/bin/python -m pip install --quiet --upgrade pip",
-                                           f"+ {venv}/bin/python -m pip install --quiet -c constraints.txt -e . "
-                                           f"{escaped}"])
+                                           f"+ {venv}/bin/python -m pip install --quiet -c constraints.txt -e "
+                                           f"{package}"])
+
+  def test_every_accelerator_backend_is_an_extra_of_the_package_with_its_jax(self):
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+      project = tomllib.load(f)["project"]
+    jax = [r for r in project["dependencies"] if r.startswith("jax")]
+    self.assertLen(jax, 1)
+    for backend in ("tpu", "cuda12", "cuda13"):
+      # The extra is JAX's own extra at the package's JAX version (so `pip install -e .[tpu]` cannot pick another).
+      self.assertEqual(project["optional-dependencies"][backend], [jax[0].replace("jax", f"jax[{backend}]", 1)])
 
   def test_install_builds_a_venv_with_a_new_enough_python(self):
     venv = os.path.join(tempfile.mkdtemp(), "v")
@@ -273,7 +282,7 @@ class FakeTpuTest(absltest.TestCase):
     self.assertIn("--worker=all", calls[0])
     # install.sh ran on the worker (printing, under the stand-in's DRY_RUN) in the copied tree.
     self.assertIn(f"reusing {self.worker}/venvs/debias_jax", result.stderr)
-    self.assertIn(r"-m pip install --quiet -c constraints.txt -e . jax\[tpu\]", result.stdout)
+    self.assertIn(r"-m pip install --quiet -c constraints.txt -e .\[tpu\]", result.stdout)
 
   def test_a_detached_run_trains_and_stops_on_request_with_a_checkpoint(self):
     shutil.copytree(REPO, os.path.join(self.worker, "debias_jax"),
