@@ -1,9 +1,15 @@
-"""TFDS source: a tiny dataset really prepared on disk (tfrecord and array_record), mock_data, and fast failures."""
+"""TFDS source: a tiny dataset really prepared on disk (tfrecord and array_record), mock_data, tfds's default
+data_dir, preparation by the program (one process and two joined processes), and fast failures."""
 
+import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+from unittest import mock
 
 import ml_collections
 import numpy as np
@@ -11,13 +17,17 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from debias_jax import data
+from debias_jax import train
 from debias_jax.data import pipeline
 from debias_jax.data import tfds_source
+from tests.train_test import tiny_config
 
 tf, tfds = tfds_source.import_tensorflow_datasets()
 tfds.disable_progress_bar()
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_TRAIN = 13
+NAME = "debias_tiny_images"   # DebiasTinyImages registered under tfds's name for it
 
 
 def tiny_images(split_seed, n):
@@ -127,26 +137,43 @@ class TfdsSourceTest(parameterized.TestCase):
                      10)
 
 
+def files_under(directory):
+  return [f for _, _, files in os.walk(directory) for f in files]
+
+
 class TfdsFailuresTest(absltest.TestCase):
 
   def test_not_prepared_fails_fast_with_the_command(self):
     empty = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, empty)
-    start = time.monotonic()
-    with self.assertRaises(FileNotFoundError) as caught:
-      data.create_train_iterator(tfds_config(empty, name="mnist", channels=1, image_size=28), global_batch_size=2,
-                                 seed=0, process_index=0, process_count=1)
-    self.assertLess(time.monotonic() - start, 10.0)
-    message = str(caught.exception)
-    self.assertIn(f"tfds build mnist --data_dir={empty}", message)
-    self.assertIn("Nothing is downloaded", message)
-    self.assertEqual([f for _, _, files in os.walk(empty) for f in files], [])   # nothing was downloaded
+    config = tfds_config(empty, name="mnist", channels=1, image_size=28)
+    for check in (tfds_source.check_prepared,
+                  lambda c: data.create_train_iterator(c, global_batch_size=2, seed=0, process_index=0,
+                                                       process_count=1)):
+      start = time.monotonic()
+      with self.assertRaises(FileNotFoundError) as caught:
+        check(config)
+      self.assertLess(time.monotonic() - start, 10.0)
+      message = str(caught.exception)
+      self.assertIn(f"tfds build mnist --data_dir={empty} --file_format=array_record", message)
+      self.assertIn("--config.data.tfds_prepare=True", message)
+      self.assertIn("Nothing is downloaded unless data.tfds_prepare=True", message)
+      self.assertEqual(files_under(empty), [])   # nothing was downloaded
 
-  def test_unknown_name_and_empty_data_dir(self):
+  def test_check_prepared_passes_prepared_and_other_sources(self):
+    prepared = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, prepared)
+    DebiasTinyImages(data_dir=prepared, file_format="array_record").download_and_prepare()
+    tfds_source.check_prepared(tfds_config(prepared))
+    tfds_source.check_prepared(tfds_config(prepared, name=f"{NAME}:1.0.0"))
+    with self.assertRaises(FileNotFoundError):
+      tfds_source.check_prepared(tfds_config(prepared, name="mnist"))
+    tfds_source.check_prepared(tfds_config(prepared, name="mnist", tfds_prepare=True))   # the program prepares it
+    tfds_source.check_prepared(ml_collections.ConfigDict({"source": "embedded", "name": "digits"}))
+
+  def test_unknown_name(self):
     with self.assertRaisesRegex(ValueError, "data.name='no_such_dataset_xyz'"):
       data.dataset_info(tfds_config(tempfile.gettempdir(), name="no_such_dataset_xyz"))
-    with self.assertRaisesRegex(ValueError, "data.data_dir is empty"):
-      data.dataset_info(tfds_config("", name="mnist", channels=1))
 
   def test_mock_data(self):
     """tfds.testing.mock_data with real mnist metadata written to a temp dir, through both backends."""
@@ -174,6 +201,143 @@ class TfdsFailuresTest(absltest.TestCase):
 
   def test_tensorflow_sees_no_gpu(self):
     self.assertEqual(tf.config.get_visible_devices("GPU"), [])
+
+  def test_main_fails_within_seconds_naming_the_prepare_command(self):
+    """The README's CIFAR-10 command on a machine where the dataset is not prepared: the error comes within
+    seconds of the command's start (not after TensorFlow and a 30M-parameter model), and nothing is downloaded."""
+    tmp = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, tmp)
+    data_dir = os.path.join(tmp, "tfds")
+    os.makedirs(data_dir)
+    command = [sys.executable, "-m", "debias_jax.main", "--mode", "train", "--config",
+               os.path.join(REPO, "configs", "paper", "cifar10.py"), "--workdir", os.path.join(tmp, "run")]
+    start = time.monotonic()
+    result = subprocess.run(command, cwd=REPO, env=dict(os.environ, TFDS_DATA_DIR=data_dir), capture_output=True,
+                            text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn(f"tfds build cifar10 --data_dir={data_dir} --file_format=array_record", result.stderr)
+    self.assertIn("--config.data.tfds_prepare=True", result.stderr)
+    self.assertEqual(files_under(data_dir), [])
+    self.assertLess(elapsed, 10.0, f"the missing dataset was reported after {elapsed:.1f} s")
+
+
+def tfds_train_config(**data_overrides):
+  """tiny.py on the tiny tfds dataset from tfds's default data_dir (data.data_dir empty): a one-level UNet, 2 steps."""
+  config = tiny_config(**{"model.channel_mult": (1,), "model.attention_resolutions": (), "train.num_steps": 2,
+                          "train.batch_size": 4, "train.log_every": 1, "train.checkpoint_every": 2,
+                          "train.sample_every": 0})
+  for key, value in tfds_config("", image_size=8, channels=3, num_classes=3, **data_overrides).items():
+    config.data[key] = value
+  return config
+
+
+class DefaultDataDirTest(absltest.TestCase):
+  """data.data_dir empty = tfds's default ($TFDS_DATA_DIR here, a temporary folder); data.tfds_prepare."""
+
+  def setUp(self):
+    super().setUp()
+    self.tmp = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.tmp)
+    self.data_dir = os.path.join(self.tmp, "tensorflow_datasets")
+    self.enter_context(mock.patch.dict(os.environ, {"TFDS_DATA_DIR": self.data_dir}))
+    self.addCleanup(pipeline._SOURCE_CACHE.clear)   # pylint: disable=protected-access
+
+  def train(self, config):
+    workdir = os.path.join(self.tmp, "run")
+    state = train.train_and_evaluate(config, workdir)
+    self.assertEqual(int(state.step), 2)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      losses = [json.loads(line)["loss"] for line in f]
+    self.assertLen(losses, 2)
+    self.assertTrue(np.all(np.isfinite(losses)))
+
+  def test_default_data_dir(self):
+    self.assertEqual(tfds_source.default_data_dir(), self.data_dir)
+    with mock.patch.dict(os.environ), mock.patch.object(os.path, "expanduser", lambda p: p.replace("~", "/home/u")):
+      del os.environ["TFDS_DATA_DIR"]
+      self.assertEqual(tfds_source.default_data_dir(), "/home/u/tensorflow_datasets")
+
+  def test_trains_from_the_default_data_dir(self):
+    DebiasTinyImages(data_dir=self.data_dir, file_format="array_record").download_and_prepare()
+    config = tfds_train_config()
+    tfds_source.check_prepared(config.data)
+    info = data.dataset_info(config.data)
+    self.assertEqual((info["num_examples"], info["num_classes"], info["tfds_access"]), (NUM_TRAIN, 3, "random_access"))
+    self.train(config)
+
+  def test_prepares_a_missing_dataset_then_trains(self):
+    with self.assertRaises(FileNotFoundError):
+      data.dataset_info(tfds_train_config().data)
+    config = tfds_train_config(tfds_prepare=True)
+    tfds_source.check_prepared(config.data)   # the program will prepare it: no early failure
+    self.train(config)
+    builder = tfds.builder(NAME, data_dir=self.data_dir)
+    self.assertTrue(builder.is_prepared())
+    self.assertEqual(builder.info.file_format, tfds.core.file_adapters.FileFormat.ARRAY_RECORD)
+    self.assertEqual(tfds_source.prepare(tfds, NAME, self.data_dir), [])   # prepared: nothing to do
+
+
+# Two JAX processes joined by jax.distributed call tfds_source.prepare in turn: on a data_dir they share, on a
+# data_dir of their own each (a local disk per host), on one already prepared, and on one where process 0 fails.
+PREPARE_WORKER = r"""
+import json, os, sys
+import jax
+process, port, tmp = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.distributed.initialize(coordinator_address="127.0.0.1:" + port, num_processes=2, process_id=process)
+from debias_jax.data import tfds_source
+from tests import data_tfds_test
+tfds = data_tfds_test.tfds
+result = {}
+for case, data_dir in (("shared", "shared"), ("own", f"own{process}"), ("again", "shared"),
+                       ("fails_on_0", "file" if process == 0 else "fresh1")):
+  try:
+    result[case] = tfds_source.prepare(tfds, data_tfds_test.NAME, os.path.join(tmp, data_dir))
+  except RuntimeError as e:
+    result[case] = str(e).splitlines()[0]
+print("RESULT " + json.dumps(result))
+"""
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+class TwoProcessPrepareTest(absltest.TestCase):
+
+  def test_process_0_prepares_while_the_other_waits(self):
+    tmp = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, tmp)
+    with open(os.path.join(tmp, "file"), "w") as f:   # a data_dir that is a file: preparing it fails
+      f.write("")
+    port = str(free_port())
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, "-c", PREPARE_WORKER, str(p), port, tmp], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for p in range(2)]
+    outputs = []
+    for proc in procs:
+      try:
+        outputs.append(proc.communicate(timeout=240)[0])
+      except subprocess.TimeoutExpired:
+        for p in procs:
+          p.kill()
+        self.fail("a process hung in tfds_source.prepare")
+    results = []
+    for proc, output in zip(procs, outputs):
+      lines = [l for l in output.splitlines() if l.startswith("RESULT ")]
+      self.assertEqual((proc.returncode, len(lines)), (0, 1), output[-3000:])
+      results.append(json.loads(lines[0][len("RESULT "):]))
+    self.assertEqual([r["shared"] for r in results], [["built"], []])    # only process 0 downloads
+    self.assertEqual([r["own"] for r in results], [["built"], ["built"]])
+    self.assertEqual([r["again"] for r in results], [[], []])
+    self.assertStartsWith(results[0]["fails_on_0"], f"Could not prepare TFDS dataset {NAME!r}")
+    self.assertStartsWith(results[1]["fails_on_0"], f"Could not prepare TFDS dataset {NAME!r}")
+    self.assertIn("Process 0 failed", results[1]["fails_on_0"])
+    for data_dir in ("shared", "own0", "own1"):
+      self.assertTrue(tfds.builder(NAME, data_dir=os.path.join(tmp, data_dir)).is_prepared(), data_dir)
+    self.assertFalse(os.path.exists(os.path.join(tmp, "fresh1")))   # process 1 did not try after 0 failed
 
 
 if __name__ == "__main__":

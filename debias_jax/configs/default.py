@@ -15,7 +15,9 @@ def get_config():
   data.source = "embedded"        # embedded | tfds | folder
   data.name = "digits"            # embedded: digits | photo_patches | gmm; tfds: a dataset name; folder: unused
   data.split = "train"
-  data.data_dir = ""              # tfds data_dir, or the image folder
+  data.data_dir = ""              # tfds data_dir ("" = tfds's default: $TFDS_DATA_DIR or ~/tensorflow_datasets),
+                                  # or the image folder
+  data.tfds_prepare = False       # tfds: download and prepare a missing dataset (process 0; the others wait)
   data.image_size = 16
   data.channels = 1
   data.num_classes = 0            # > 0: labels are fed to a class-conditional model

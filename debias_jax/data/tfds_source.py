@@ -1,4 +1,8 @@
-"""TFDS source: any image dataset already prepared in a local data_dir, read by index. Nothing is downloaded.
+"""TFDS source: an image dataset prepared in a data_dir (empty: tfds's default, $TFDS_DATA_DIR or
+~/tensorflow_datasets), read by index. Nothing is downloaded unless data.tfds_prepare is set: then a missing
+dataset is prepared (array_record) by process 0 while the other processes wait, and by any host that does not see
+process 0's copy (a data_dir on each host's local disk). Otherwise a missing dataset fails at once with the command
+that prepares it.
 
 Why random access rather than a tf.data stream: the pipeline picks the examples of every batch from (seed, step)
 alone, which makes resumption exact (the training loop checkpoints only the step), lets each host read only its
@@ -23,6 +27,7 @@ import logging
 import math
 import os
 
+from etils import epath
 import numpy as np
 
 from debias_jax.data import base
@@ -54,34 +59,120 @@ def import_tensorflow_datasets():
   return tf, tfds
 
 
-def _prepare_hint(name: str, data_dir: str) -> str:
+def default_data_dir() -> str:
+  """tfds's own default data_dir, read now: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  from tensorflow_datasets.core import constants  # pylint: disable=g-import-not-at-top
+  return constants.get_default_data_dir()
+
+
+def _prepare_hint(name: str, data_dir: str, offer_prepare: bool = True) -> str:
+  program = ("or let this program prepare it (process 0 downloads, the other processes wait): add\n"
+             "  --config.data.tfds_prepare=True\n") if offer_prepare else ""
   return (f"Prepare it once, on a machine with internet access, with\n"
-          f"  tfds build {name} --data_dir={data_dir} --file_format=array_record\n"
-          f"or in Python: tfds.builder({name!r}, data_dir={data_dir!r}, file_format='array_record')"
-          f".download_and_prepare()\n"
+          f"  tfds build {name} --data_dir={data_dir} --file_format=array_record\n{program}"
           f"(datasets that need a manual download also take --manual_dir). array_record gives random access for "
           f"any dataset size; the default tfrecord format works too but is loaded into memory.")
+
+
+def _not_prepared(name: str, data_dir: str, expected: str) -> FileNotFoundError:
+  return FileNotFoundError(f"TFDS dataset {name!r} is not prepared in data.data_dir={data_dir!r} (expected "
+                           f"{expected}). Nothing is downloaded unless data.tfds_prepare=True.\n"
+                           f"{_prepare_hint(name, data_dir)}")
+
+
+def check_prepared(data_config) -> None:
+  """Fails at once, before TensorFlow is even imported, when a tfds dataset is surely missing: data.source is tfds,
+  data.tfds_prepare is off and data_dir holds no dataset_info.json of data.name in any config or version.
+
+  Cheap (a directory listing), so entry points call it first; TfdsSource still checks the exact version.
+  """
+  get = data_config.get
+  if get("source", "embedded") != "tfds" or get("tfds_prepare", False) or not get("name", ""):
+    return
+  name, data_dir = get("name"), get("data_dir", "") or default_data_dir()
+  dataset_dir = epath.Path(data_dir) / name.split(":")[0].split("/")[0]    # NAME[/CONFIG][:VERSION]
+  if not any(next(dataset_dir.glob(pattern), None) for pattern in ("*/dataset_info.json", "*/*/dataset_info.json")):
+    raise _not_prepared(name, data_dir, f"{dataset_dir}/[CONFIG/]VERSION")
+
+
+def _build_if_missing(tfds, name: str, data_dir: str) -> tuple[bool, BaseException | None]:
+  """download_and_prepare in array_record unless already prepared: (built, error). The error is returned, not
+  raised, so that every process still reaches the barriers of `prepare`."""
+  try:
+    if tfds.builder(name, data_dir=data_dir).is_prepared():
+      return False, None
+    logging.info("tfds: preparing %s in %s (array_record); this downloads the dataset.", name, data_dir)
+    tfds.builder(name, data_dir=data_dir, file_format="array_record").download_and_prepare(
+        file_format="array_record")
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    if _is_prepared(tfds, name, data_dir):   # another process on this host (same disk) finished first
+      return False, None
+    logging.error("tfds: preparing %s in %s failed: %s", name, data_dir, e)
+    return True, e
+  return True, None
+
+
+def _is_prepared(tfds, name: str, data_dir: str) -> bool:
+  try:
+    return tfds.builder(name, data_dir=data_dir).is_prepared()
+  except Exception:  # pylint: disable=broad-exception-caught
+    return False
+
+
+def _process_count() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_count()
+
+
+def prepare(tfds, name: str, data_dir: str) -> list[str]:
+  """Prepares a missing dataset: process 0 builds it while the others wait; then a host that still does not see it
+  (data_dir on a local disk of each host) builds its own copy, and every process waits for all.
+
+  With several processes, every one must call this (they all open the data source: each reads its slice), so
+  that the barriers match. Returns what this process did ([] or ["built"]), for logs and tests.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  process, count = jax.process_index(), jax.process_count()
+  built, error = False, None
+  if process == 0:
+    built, error = _build_if_missing(tfds, name, data_dir)
+  if count > 1:   # wait for process 0 and learn whether it succeeded: if not, no other process downloads
+    ok = bool(multihost_utils.broadcast_one_to_all(np.array(error is None)))
+    if process > 0:
+      if ok:
+        built, error = _build_if_missing(tfds, name, data_dir)   # only where process 0's copy is not visible
+      else:
+        error = RuntimeError("Process 0 failed to prepare it (see its log).")
+    multihost_utils.sync_global_devices(f"debias_jax tfds prepare {name}")
+  if error is not None:
+    raise RuntimeError(f"Could not prepare TFDS dataset {name!r} in data.data_dir={data_dir!r}: {error}\n"
+                       f"{_prepare_hint(name, data_dir, offer_prepare=False)}") from error
+  return ["built"] if built else []
 
 
 class TfdsSource(base.Source):
   """A split of a prepared TFDS image dataset, ADM-resized to image_size when its images differ in size."""
 
   def __init__(self, name: str, split: str, data_dir: str, image_size: int, channels: int, *, access: str = "auto",
-               image_key: str = "image", label_key: str = "label", max_in_memory_gb: float = 8.0):
+               image_key: str = "image", label_key: str = "label", max_in_memory_gb: float = 8.0,
+               prepare_missing: bool = False):
     if access not in ACCESS_MODES:
       raise ValueError(f"Unknown data.tfds_access={access!r}; valid: {', '.join(ACCESS_MODES)}.")
-    if not data_dir:
-      raise ValueError("data.data_dir is empty: set it to the local TFDS data_dir that holds the prepared "
-                       f"dataset.\n{_prepare_hint(name, '/path/to/tensorflow_datasets')}")
     _, tfds = import_tensorflow_datasets()
+    if not data_dir:
+      data_dir = default_data_dir()
+      logging.info("tfds: data.data_dir is empty; using tfds's default data_dir %s.", data_dir)
     try:
       builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
       raise ValueError(f"data.name={name!r} is not a TFDS dataset known to this tensorflow-datasets install, "
                        f"nor found in data.data_dir={data_dir!r}. See `tfds.list_builders()` for valid names.") from e
+    if prepare_missing and (_process_count() > 1 or not builder.is_prepared()):   # collective when multi-host
+      prepare(tfds, name, data_dir)
+      builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
-      raise FileNotFoundError(f"TFDS dataset {name!r} is not prepared in data.data_dir={data_dir!r} (expected "
-                              f"{builder.data_dir}). Nothing is downloaded at run time.\n{_prepare_hint(name, data_dir)}")
+      raise _not_prepared(name, data_dir, builder.data_dir)
     info = builder.info
     features = info.features
     if image_key not in features:
