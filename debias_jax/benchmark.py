@@ -37,7 +37,6 @@ from debias_jax import train
 from debias_jax import xla_cpu
 from debias_jax.diffusion import losses
 from debias_jax.diffusion import weighting
-from debias_jax.models import conv
 from debias_jax.models import unet
 
 SYNTHETIC_NOTE = ("synthetic inputs of the config's shape (uniform images in [-1, 1], random labels); "
@@ -149,9 +148,10 @@ def synthetic_batch(config, mesh, batch_size: int, steps_per_call: int, seed: in
 def _train_flops_per_step(config, model, schedule, state, sums, batch, devices: int):
   """FLOPs of one training step on one device: XLA's count for the one-step program, before optimisation.
 
-  Traced with XLA's own convolution gradients, so that the figure is the model's arithmetic whatever a backend
-  does with it: cost analysis counts a while loop's body once, and the compiled program may loop over
-  steps_per_call steps or over the nine taps of the CPU weight gradient (models/conv.py).
+  Traced with a UNet on XLA's own convolutions (`lax.conv_general_dilated` instead of the model's), so that the
+  figure is the model's arithmetic whatever a backend does with it: cost analysis counts a while loop's body once,
+  and the compiled program may loop over steps_per_call steps or over the nine taps of the CPU weight gradient
+  (models/conv.py).
   """
   one = config.copy_and_resolve_references()
   one.train.steps_per_call = 1
@@ -159,8 +159,8 @@ def _train_flops_per_step(config, model, schedule, state, sums, batch, devices: 
   abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
   one_batch = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct((x.shape[lead] // devices,) + x.shape[lead + 1:], x.dtype), batch)
-  with conv.xla_weight_gradients():
-    lowered = jax.jit(train.make_train_step(one, model, schedule)).lower(abstract(state), abstract(sums), one_batch)
+  plain = model.clone(conv=jax.lax.conv_general_dilated)
+  lowered = jax.jit(train.make_train_step(one, plain, schedule)).lower(abstract(state), abstract(sums), one_batch)
   flops = _cost(lowered).get("flops")
   return float(flops) if flops and flops > 0 else None
 

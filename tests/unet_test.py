@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from debias_jax.models import conv
 from debias_jax.models import unet
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "default.py")
@@ -216,6 +217,30 @@ class UNetTest(parameterized.TestCase):
     # Every ResBlock and AttentionBlock: input_blocks.1.{0,1}, middle_block.{0,1,2}, output_blocks.{0,1}.{0,1}.
     self.assertEqual(rematted(remat), 9)
     self.assertEqual(rematted(plain), 0)
+
+  def test_injected_convolution_same_params_outputs_and_gradients(self):
+    # create_model injects conv.conv_general_dilated (GEMM weight gradients, 1x1 layers as dots); a UNet on XLA's
+    # own convolutions has the same params and computes the same function and gradients up to float rounding.
+    # 16x16 with 64 channels reaches the GEMM weight gradient; the channel change reaches the 1x1 skip.
+    config = _tiny(data_image_size=16, model_channels=64, channel_mult=(1, 2), attention_resolutions=(8,))
+    ours = unet.create_model(config)
+    plain = ours.clone(conv=jax.lax.conv_general_dilated)
+    self.assertIs(ours.conv, conv.conv_general_dilated)
+    self.assertEqual(jax.tree.structure(unet.param_shapes(ours)), jax.tree.structure(unet.param_shapes(plain)))
+    params = _random_params(ours)
+    x, t, _ = _inputs(ours)
+
+    def loss_and_grads(model):
+      loss = lambda p: jnp.mean(model.apply({"params": p}, x, t) ** 2)
+      return jax.jit(jax.value_and_grad(loss))(params)
+
+    (loss, grads), (plain_loss, plain_grads) = loss_and_grads(ours), loss_and_grads(plain)
+    np.testing.assert_allclose(loss, plain_loss, rtol=1e-5)
+    for (path, g), e in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(plain_grads)):
+      np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(e))) + 1e-7,
+                                 err_msg=jax.tree_util.keystr(path))
+    convolutions = lambda model: jax.jit(model.apply).lower({"params": params}, x, t).as_text().count("convolution")
+    self.assertLess(convolutions(ours), convolutions(plain))   # the 1x1 skip is a dot
 
   def test_dropout_uses_dropout_rng_only_in_training(self):
     model = unet.create_model(_micro(dropout=0.5))
