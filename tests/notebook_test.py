@@ -225,10 +225,11 @@ class NotebookRunTest(absltest.TestCase):
     self.assertIn("Code: the copy in " + REPO, proc.stdout)
 
     # The install cell installed debias_jax (editable, from this checkout) into the fresh environment, offline,
-    # and changed no version of anything (this environment's own debias_jax was visible to it before too).
+    # and changed the version of nothing else ("nothing new" where this environment has a debias_jax of its own).
     self.assertIn("$ pip install --no-deps --no-build-isolation -e " + REPO, proc.stdout)
-    self.assertIn("Installed: nothing new\n", proc.stdout)
     version = pyproject()["project"]["version"]
+    installed = proc.stdout.split("\nInstalled: ", 1)[1].split("\n", 1)[0]
+    self.assertIn(installed, ("nothing new", f"debias-jax (new) -> {version}"))
     added = sorted(os.listdir(purelib))
     self.assertIn(f"debias_jax-{version}.dist-info", added)
     self.assertEqual([n for n in added if not n.startswith(("debias_jax", "__editable__", "__pycache__"))],
