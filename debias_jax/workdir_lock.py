@@ -85,13 +85,16 @@ def _read_text(path: str) -> str | None:
     return None
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-  """(state, start time in clock ticks since boot) of a process from /proc, None if unavailable."""
+_PF_EXITING = 0x4  # the kernel's flag for a process tearing down (SIGKILLed, freeing its memory)
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+  """(state, kernel flags, start time in clock ticks since boot) of a process from /proc; None if unavailable."""
   text = _read_text(f"/proc/{pid}/stat")
   if not text:
     return None
   fields = text[text.rfind(")") + 2:].split()  # the command name (in parentheses) may contain spaces
-  return fields[0], int(fields[19])
+  return fields[0], int(fields[6]), int(fields[19])
 
 
 def _pid_namespace() -> str | None:
@@ -123,7 +126,7 @@ class LockInfo:
     return cls(token=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(), started=now, heartbeat=now,
                lease_s=float(lease_s), heartbeat_s=float(heartbeat_s),
                boot_id=_read_text("/proc/sys/kernel/random/boot_id"), pid_namespace=_pid_namespace(),
-               process_start=stat[1] if stat else None)
+               process_start=stat[2] if stat else None)
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=1) + "\n"
@@ -155,8 +158,8 @@ class LockInfo:
     stat = _proc_stat(self.pid)
     if stat is None:
       return not os.path.isdir("/proc/self")  # with /proc, a missing entry means it has just exited
-    state, start = stat
-    if state in ("Z", "X"):
+    state, flags, start = stat
+    if state in ("Z", "X") or flags & _PF_EXITING:  # a zombie, or killed and still freeing a large address space
       return False
     return self.process_start is None or start == self.process_start
 
@@ -194,6 +197,8 @@ class WorkdirLock:
     if protocol not in ("auto", "posix", "lease"):
       raise ValueError(f"protocol={protocol!r}: must be 'auto', 'posix' or 'lease'.")
     self.path = epath.Path(workdir) / name
+    if "://" not in os.fspath(self.path):
+      self.path = epath.Path(os.path.abspath(os.fspath(self.path)))  # the error message names an absolute path
     if protocol == "auto":
       protocol = "lease" if "://" in os.fspath(self.path) else "posix"
     minimum = 2 * heartbeat_s + (settle_s if protocol == "lease" else 0.0)
@@ -293,6 +298,11 @@ class WorkdirLock:
       stop = f"stop it (on {holder.host}: kill {holder.pid})"
       auto = (f"If that process is dead, the lock is taken over automatically once it has not been refreshed for "
               f"{holder.lease_s:g} s (at {_when(holder.heartbeat + holder.lease_s, now)}).")
+    if not holder.token:  # unreadable: no host or pid to name
+      message = (f"The workdir {os.fspath(self.path.parent)} has an unreadable lock file, last modified "
+                 f"{_when(holder.heartbeat, now)}; it counts as held until it is {holder.lease_s:g} s old. If no "
+                 f"trainer is running on this workdir, remove it: {remove}")
+      return WorkdirLockedError(message, holder, self.path)
     message = (f"The workdir {os.fspath(self.path.parent)} is in use by another trainer: host {holder.host}, "
                f"pid {holder.pid}, started {_when(holder.started, now)}, lock last refreshed "
                f"{_when(holder.heartbeat, now)}. Only one trainer may write to a workdir. Wait for it to finish, "
@@ -350,7 +360,10 @@ class WorkdirLock:
 
   def _remove_if_token(self, path: str, token: str) -> bool:
     """Removes `path` if it holds `token`; a different record moved aside by mistake is linked back."""
-    aside = f"{path}.{uuid.uuid4().hex}.removing"
+    current = self._read_posix(path)
+    if current is None or current.token != token:
+      return False
+    aside = f"{path}.{uuid.uuid4().hex}.removing"  # rename first, so that only the record just read is removed
     try:
       os.rename(path, aside)
     except FileNotFoundError:
@@ -390,8 +403,7 @@ class WorkdirLock:
         return holder
       if self._link_create(brk, mine):  # only the holder of the break lock may remove the stale lock
         try:
-          current = self._read_posix(path)
-          if current is not None and current.token == holder.token and self._remove_if_token(path, holder.token):
+          if self._remove_if_token(path, holder.token):  # re-read under the break lock: still the stale one?
             logging.warning("Took over the stale lock %s of host %s pid %d (last refreshed %s).", path,
                             holder.host, holder.pid, _when(holder.heartbeat, time.time()))
         finally:
@@ -468,7 +480,7 @@ class WorkdirLock:
     current = self._read_posix(path) if self.protocol == "posix" else self._read_lease()
     if current is None or current.token != token:
       taken = ("it was deleted" if current is None else
-               f"it now belongs to host {current.host} pid {current.pid}, which took it for dead")
+               f"it now belongs to host {current.host} pid {current.pid}, which took it for free or dead")
       raise WorkdirLockLostError(f"This trainer lost its workdir lock {path}: {taken}. Another trainer may be "
                                  f"writing to the workdir; stop this run.")
     now = time.time()

@@ -34,6 +34,7 @@ from debias_jax import workdir_lock
 lock = workdir_lock.WorkdirLock(sys.argv[1], heartbeat_s=float(sys.argv[2]), lease_s=float(sys.argv[3]),
                                 settle_s=0.1, protocol=sys.argv[4])
 lock.acquire()
+ballast = b"x" * (int(sys.argv[5]) << 20)  # written memory, which a SIGKILLed process takes a while to free
 print("ACQUIRED", flush=True)
 time.sleep(60)
 """
@@ -91,8 +92,8 @@ def read_line(proc, timeout_s=TIMEOUT_S) -> str:
   return proc.stdout.readline().strip()
 
 
-def start_holder(workdir, protocol, lease_s=LEASE):
-  proc = subprocess.Popen([sys.executable, "-c", HOLDER, workdir, str(HB), str(lease_s), protocol],
+def start_holder(workdir, protocol, lease_s=LEASE, ballast_mb=0):
+  proc = subprocess.Popen([sys.executable, "-c", HOLDER, workdir, str(HB), str(lease_s), protocol, str(ballast_mb)],
                           stdout=subprocess.PIPE, text=True, cwd=REPO)
   line = read_line(proc)
   assert line == "ACQUIRED", line
@@ -199,13 +200,15 @@ class WorkdirLockTest(parameterized.TestCase):
     self.assertEqual(caught.exception.holder.pid, proc.pid)
     self.assertEqual(heartbeat_threads(), [])
 
-  @parameterized.parameters(("posix", True), ("posix", False), ("lease", True))
-  def test_sigkilled_holder_taken_over_at_once(self, protocol, reaped):
-    proc = self.holder(protocol, lease_s=60.0)  # a long lease: only the dead pid can free it quickly
+  @parameterized.parameters(("posix", "reaped"), ("posix", "zombie"), ("posix", "dying"), ("lease", "reaped"))
+  def test_sigkilled_holder_taken_over_at_once(self, protocol, after_kill):
+    # A long lease: only the dead pid can free it quickly. "dying": taken over while the killed holder is still
+    # freeing its memory (the kernel's exiting flag), before it becomes a zombie.
+    proc = self.holder(protocol, lease_s=60.0, ballast_mb=256 if after_kill == "dying" else 0)
     proc.send_signal(signal.SIGKILL)
-    if reaped:
+    if after_kill == "reaped":
       proc.wait(TIMEOUT_S)
-    else:  # a zombie until its parent waits: still in the process table, but dead
+    elif after_kill == "zombie":  # a zombie until its parent waits: still in the process table, but dead
       deadline = time.monotonic() + TIMEOUT_S
       while workdir_lock._proc_stat(proc.pid)[0] != "Z" and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -253,6 +256,37 @@ class WorkdirLockTest(parameterized.TestCase):
     with workdir_lock.WorkdirLock(self.workdir, protocol=protocol, **FAST):
       self.assertGreater(time.time(), holder.heartbeat + LEASE)
       self.assertLess(time.monotonic() - start, 2.0)
+
+  @parameterized.named_parameters(*PROTOCOLS)
+  def test_wait_s_waits_for_a_release(self, protocol):
+    first = workdir_lock.WorkdirLock(self.workdir, protocol=protocol, **FAST).acquire()
+    timer = threading.Timer(0.3, first.release)
+    timer.start()
+    start = time.monotonic()
+    try:
+      with workdir_lock.WorkdirLock(self.workdir, protocol=protocol, wait_s=5.0, **FAST) as second:
+        self.assertBetween(time.monotonic() - start, 0.25, 4.0)
+        self.assertFalse(first.held)
+        self.assertLen(heartbeat_threads(), 1)
+        with self.assertRaises(workdir_lock.WorkdirLockedError):  # and a bounded wait ends in a refusal
+          workdir_lock.WorkdirLock(self.workdir, protocol=protocol, wait_s=0.3, **FAST).acquire()
+        self.assertEqual(workdir_lock.LockInfo.from_json(open(second.path).read()).token, second.info.token)
+    finally:
+      timer.join()
+
+  @parameterized.named_parameters(*PROTOCOLS)
+  def test_unreadable_lock_file(self, protocol):
+    os.makedirs(self.workdir)
+    path = os.path.join(self.workdir, "trainer.lock")
+    with open(path, "w") as f:
+      f.write("{not json")
+    if protocol == "posix":  # judged by its age: held while younger than a lease
+      with self.assertRaisesRegex(workdir_lock.WorkdirLockedError, f"unreadable lock file.*rm {path}"):
+        workdir_lock.WorkdirLock(self.workdir, protocol=protocol, wait_s=0, **FAST).acquire()
+      os.utime(path, (time.time() - 2 * LEASE,) * 2)
+    # lease protocol: records are replaced whole, so an unreadable one is no holder's
+    with workdir_lock.WorkdirLock(self.workdir, protocol=protocol, wait_s=0, **FAST) as lock:
+      self.assertEqual(workdir_lock.LockInfo.from_json(open(path).read()).token, lock.info.token)
 
   @parameterized.named_parameters(*PROTOCOLS)
   def test_concurrent_takeovers_of_one_stale_lock_exactly_one_wins(self, protocol):
