@@ -27,6 +27,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -280,6 +281,11 @@ def _cpu_model() -> str:
   return ""
 
 
+def cpu_threads() -> int:
+  """CPUs this process may run on (its affinity): the threads XLA:CPU's pools get."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def run(config, *, train_steps: int = 10, warmup_calls: int = 1, sample_batches: int = 1,
         sample_warmup_batches: int = 1, sample_batch_size: int | None = None, ddim_steps: int = 50,
         ddpm_steps: int = 1000,
@@ -313,6 +319,7 @@ def run(config, *, train_steps: int = 10, warmup_calls: int = 1, sample_batches:
       "system": {"platform": devices[0].platform, "device_kind": devices[0].device_kind,
                  "num_devices": len(devices), "num_processes": jax.process_count(),
                  "jax_version": jax.__version__, "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
+                 "cpu_threads": cpu_threads(),
                  "load_average_start": list(os.getloadavg()), "xla_flags": os.environ.get("XLA_FLAGS", ""),
                  "matmul_precision": str(precision or "default")},
       "model": {"image_size": int(config.data.image_size), "channels": int(config.data.channels),
@@ -385,6 +392,8 @@ def format_report(results: dict) -> str:
   lines = [f"debias_jax benchmark, {results['date']}: {s['num_devices']} x {s['device_kind']} ({platform}"
            + (f", {s['cpu_model']}, {s['cpu_count']} cores" if s["platform"] == "cpu" else "") + ")",
            f"Data: {results['data_note']}.",
+           f"Host: {s['cpu_model'] or 'unknown CPU'}, {s.get('cpu_threads', s['cpu_count'])} thread(s) of "
+           f"{s['cpu_count']} CPUs; XLA_FLAGS={s['xla_flags'] or '(none)'}; jax {s['jax_version']}.",
            f"Load average (1/5/15 min) at start {s['load_average_start'][0]:.2f}/{s['load_average_start'][1]:.2f}/"
            f"{s['load_average_start'][2]:.2f}, at end {s['load_average_end'][0]:.2f}/"
            f"{s['load_average_end'][1]:.2f}/{s['load_average_end'][2]:.2f}.",
@@ -494,9 +503,9 @@ def run_from_flags(flag_values) -> dict:
   print("README row:")
   print(readme_row(results, name))
   if f.output:
-    os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
-    with open(f.output, "w") as out:
-      json.dump(results, out, indent=2)
+    path = epath.Path(f.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
     print(f"Wrote {f.output}")
   return results
 

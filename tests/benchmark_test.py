@@ -179,6 +179,12 @@ class BenchmarkTest(parameterized.TestCase):
                                       + " --config.model.dtype=float32")):
       self.assertIn(text, stdout)
     self.assertIn("(from DDPM-2)", benchmark.readme_row(results, "configs/tiny.py"))
+    # Where it was measured: the CPU model, the threads this process may use, the XLA flags in force.
+    system = results["system"]
+    self.assertEqual(system["cpu_threads"], len(os.sched_getaffinity(0)))
+    self.assertEqual(system["xla_flags"], os.environ.get("XLA_FLAGS", ""))
+    self.assertIn(f"Host: {system['cpu_model'] or 'unknown CPU'}, {system['cpu_threads']} thread(s) of "
+                  f"{system['cpu_count']} CPUs; XLA_FLAGS={system['xla_flags'] or '(none)'}", stdout)
 
 if __name__ == "__main__":
   absltest.main()

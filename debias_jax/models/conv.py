@@ -1,12 +1,15 @@
-"""A drop-in `conv_general_dilated` for the UNet whose 3×3 weight gradient is fast on XLA:CPU.
+"""The UNet's convolution primitive: XLA's, except where XLA:CPU's gradients are slow.
 
-XLA:CPU computes the weight gradient of a 3×3 "SAME" convolution as a convolution with the output gradient as
-its kernel, at 12–30 GFLOP/s on this project's CPU where its forward and input-gradient convolutions reach ~90
-(and PyTorch/oneDNN ~90 for all three); it was half of a CIFAR-10 train step. Written as nine GEMMs, one per
-kernel tap (shifted input, transposed, times the output gradient), the same gradient runs at 40–65 GFLOP/s for
-the UNet's wide layers. Other platforms keep XLA's own gradient (cuDNN and TPU convolutions are fast), chosen by
-`lax.platform_dependent` when the program is lowered; narrow or small layers, where XLA:CPU is as fast or faster,
-keep it too. Values are identical up to float rounding: only the order of the sums changes.
+`unet.create_model` passes `conv_general_dilated` below to every layer (the UNet takes its convolution as an
+argument; `lax.conv_general_dilated` gives XLA's own everywhere). Two substitutions, both equal up to float
+rounding (only the order of the sums changes):
+
+- 3×3 "SAME" layers, wide and large enough: on CPU the weight gradient is nine GEMMs, one per kernel tap (shifted
+  input, transposed, times the output gradient). XLA:CPU writes it as a convolution with the output gradient as
+  its kernel, which ran at 12–30 GFLOP/s where its forward and input-gradient convolutions reach ~90–120; it was
+  half of a CIFAR-10 train step. Other platforms keep XLA's gradient (cuDNN and TPU convolutions are fast),
+  chosen by `lax.platform_dependent` when the program is lowered; narrow or small layers keep it too.
+- 1×1 layers (the ResBlock skips): a dot over channels on every platform, which is what a 1×1 convolution is.
 """
 
 from __future__ import annotations

@@ -1,0 +1,172 @@
+"""Side-by-side benchmark: the guided-diffusion spec of a config, the worker protocol, the per-category profile,
+and the driver end to end on our side (the PyTorch side needs torch and a guided-diffusion checkout)."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import tiny
+from configs.paper import cifar10
+from debias_jax import benchmark_profile
+from debias_jax import benchmark_side_by_side
+from debias_jax import benchmark_torch
+from debias_jax.models import unet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class TorchSpecTest(absltest.TestCase):
+
+  def test_cifar10_spec_is_the_authors_command_line(self):
+    # train.sh of the authors' repository, CIFAR-10: --attention_resolutions 16 --class_cond True --num_classes 10
+    # --image_size 32 --learn_sigma True --num_channels 128 --num_head_channels 64 --num_res_blocks 1
+    # --resblock_updown True --use_scale_shift_norm True --lr 2e-5 --batch_size 32 --rescale_learned_sigmas True
+    spec = benchmark_side_by_side.torch_spec(cifar10.get_config())
+    expected = {"image_size": 32, "num_channels": 128, "num_res_blocks": 1, "channel_mult": "1,2,2,2",
+                "class_cond": True, "num_classes": 10, "learn_sigma": True, "attention_resolutions": "16",
+                "num_head_channels": 64, "use_scale_shift_norm": True, "resblock_updown": True, "dropout": 0.0,
+                "diffusion_steps": 1000, "noise_schedule": "linear", "rescale_learned_sigmas": True,
+                "predict_xstart": False, "predict_v": False, "use_fp16": False}
+    self.assertEqual({k: spec["model_and_diffusion"][k] for k in expected}, expected)
+    self.assertEqual((spec["batch_size"], spec["lr"], spec["weight_decay"], spec["ema_rate"]), (32, 2e-5, 0.0, 0.9999))
+
+  def test_spec_kwargs_keeps_what_the_factory_accepts(self):
+    def factory(image_size, num_channels, p2_gamma=0):
+      return image_size, num_channels, p2_gamma
+    kwargs, ignored = benchmark_torch.spec_kwargs(factory, {"image_size": 32, "num_channels": 8, "predict_v": True})
+    self.assertEqual(kwargs, {"image_size": 32, "num_channels": 8})
+    self.assertEqual(ignored, ["predict_v"])
+
+  def test_torch_operator_categories(self):
+    self.assertEqual(benchmark_torch.categorise("aten::convolution_backward"), "convolution backward (input + weight)")
+    self.assertEqual(benchmark_torch.categorise("aten::mkldnn_convolution"), "convolution forward")
+    self.assertEqual(benchmark_torch.categorise("aten::native_group_norm_backward"), "GroupNorm + SiLU")
+    self.assertEqual(benchmark_torch.categorise("aten::bmm"), "attention (matmuls + softmax)")
+    self.assertEqual(benchmark_torch.categorise("aten::mul"), "other (elementwise, copies, loss)")
+
+
+class _FakeReference:
+  params = 7
+  ignored = ["predict_v"]
+
+  def system_info(self):
+    return {"torch_version": "fake"}
+
+  def time_train(self, steps, warmup):
+    return {"images_per_s": 10.0 * steps, "warmup": warmup}
+
+  def time_ddim(self, steps, batch, batches, warmup):
+    return {"images_per_s": float(steps * batch * batches), "warmup": warmup}
+
+
+class ProtocolTest(absltest.TestCase):
+
+  def test_serve_answers_one_result_line_per_command(self):
+    stdin = io.StringIO("\n".join([json.dumps({"op": "train", "steps": 2, "warmup": 0}),
+                                   json.dumps({"op": "ddim", "steps": 3, "batch": 4}), "",
+                                   json.dumps({"op": "nonsense"}), json.dumps({"op": "quit"}),
+                                   json.dumps({"op": "train"})]) + "\n")
+    stdout = io.StringIO()
+    benchmark_torch.serve(_FakeReference(), stdin, stdout)
+    lines = stdout.getvalue().splitlines()
+    self.assertTrue(all(l.startswith(benchmark_torch.RESULT_PREFIX) for l in lines))
+    replies = [json.loads(l[len(benchmark_torch.RESULT_PREFIX):]) for l in lines]
+    self.assertLen(replies, 4)   # hello, train, ddim, error; nothing after quit
+    self.assertTrue(replies[0]["ready"])
+    self.assertEqual((replies[0]["params"], replies[0]["ignored_spec_keys"]), (7, ["predict_v"]))
+    self.assertEqual(replies[1], {"images_per_s": 20.0, "warmup": 0})
+    self.assertEqual(replies[2], {"images_per_s": 12.0, "warmup": 1})
+    self.assertIn("nonsense", replies[3]["error"])
+
+
+class ProfileTest(absltest.TestCase):
+
+  def test_categories_of_a_unet_training_gradient(self):
+    config = tiny.get_config()
+    config.data.image_size, config.model.channel_mult, config.model.attention_resolutions = 16, (1, 2), (8,)
+    config.model.model_channels = 64
+    model = unet.create_model(config)
+    params = unet.init_params(model, jax.random.key(0))
+    x = jnp.ones((2, 16, 16, 1))
+    t = jnp.array([1.0, 500.0])
+    grad = jax.jit(jax.grad(lambda p, x: jnp.mean(model.apply({"params": p}, x, t) ** 2)))
+    compiled = grad.lower(params, x).compile()
+    result = benchmark_profile.profile(compiled, (params, x), untraced_seconds=0.5,
+                                       attention_layers=benchmark_profile.attention_layer_names(model))
+    categories = set(result["categories_ms"])
+    # Every kind of UNet work is found, and nothing is counted twice: the shares add up to one.
+    for category in (benchmark_profile.CONV_FWD, benchmark_profile.CONV_DX, benchmark_profile.CONV_DW,
+                     benchmark_profile.NORM, benchmark_profile.ATTENTION):
+      self.assertIn(category, categories)
+    self.assertAlmostEqual(sum(result["shares"].values()), 1.0, places=6)
+    self.assertAlmostEqual(sum(result["scaled_ms"].values()), 500.0, places=3)
+    self.assertLessEqual(result["gaps_ms"], result["op_time_ms"])
+
+  def test_weight_gradient_convolutions_are_told_from_input_gradients(self):
+    text = """HloModule m
+%fused (p0: f32[2,8,8,4], p1: f32[3,3,4,4]) -> f32[2,8,8,4] {
+  %p0 = f32[2,8,8,4]{3,2,1,0} parameter(0)
+  %p1 = f32[3,3,4,4]{3,2,1,0} parameter(1)
+  ROOT %convolution.1 = f32[2,8,8,4]{3,2,1,0} convolution(%p0, %p1), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(f)/transpose(jvp(UNet))/input_blocks_1_0/in_conv/conv_general_dilated"}
+}
+ENTRY %main (a: f32[2,8,8,4], b: f32[3,3,4,4], c: f32[4,8,8,2], d: f32[8,8,2,4]) -> f32[2,8,8,4] {
+  %a = f32[2,8,8,4]{3,2,1,0} parameter(0)
+  %b = f32[3,3,4,4]{3,2,1,0} parameter(1)
+  %dx = f32[2,8,8,4]{3,2,1,0} fusion(%a, %b), kind=kCustom, calls=%fused
+  %dw = f32[4,3,3,4]{3,2,1,0} convolution(%c, %d), window={size=8x8 pad=1_1x1_1}, dim_labels=f01b_i01o->01bf
+  %fwd = f32[2,8,8,4]{3,2,1,0} convolution(%a, %b), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(f)/jvp(UNet)/input_blocks_1_0/in_conv/conv_general_dilated"}
+  %gn = f32[2,8,8,4]{3,2,1,0} multiply(%a, %a), metadata={op_name="jit(f)/jvp(UNet)/input_blocks_1_0/in_norm/mul"}
+  ROOT %upd = f32[2,8,8,4]{3,2,1,0} add(%a, %a), metadata={op_name="jit(f)/add"}
+}
+"""
+    instructions, computations = benchmark_profile.parse_hlo(text)
+    category = lambda name: benchmark_profile.categorise(instructions[name], computations)
+    self.assertEqual(category("dx"), benchmark_profile.CONV_DX)
+    self.assertEqual(category("dw"), benchmark_profile.CONV_DW)
+    self.assertEqual(category("fwd"), benchmark_profile.CONV_FWD)
+    self.assertEqual(category("gn"), benchmark_profile.NORM)
+    self.assertEqual(category("upd"), benchmark_profile.OUTSIDE)
+
+  def test_self_times_subtract_nested_events(self):
+    outer = benchmark_profile.Event("while", 0, 100)
+    inner = [benchmark_profile.Event("dot", 10, 40), benchmark_profile.Event("copy", 50, 60)]
+    after = benchmark_profile.Event("add", 100, 130)
+    events = benchmark_profile._self_times([after, inner[1], outer, inner[0]])
+    self.assertEqual({e.name: e.self_ns for e in events}, {"while": 60, "dot": 30, "copy": 10, "add": 30})
+
+
+class DriverTest(absltest.TestCase):
+
+  def test_our_side_alone_end_to_end(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      out = os.path.join(tmp, "out", "side.json")
+      proc = subprocess.run(
+          [sys.executable, "-m", "debias_jax.benchmark_side_by_side", "--config", "configs/tiny.py",
+           "--rounds", "2", "--train_steps", "1", "--ddim_steps", "2", "--sample_batch_size", "4",
+           "--threads", "1", "--output", out],
+          cwd=REPO, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+      self.assertEqual(proc.returncode, 0, proc.stderr[-3000:] + proc.stdout[-2000:])
+      with open(out) as f:
+        results = json.load(f)
+    self.assertEqual(results["threads"], 1)
+    system = results["workers"]["jax"]["system"]
+    self.assertLen(system["cpus"], 1)   # the worker was pinned before JAX started
+    self.assertLen(results["rounds"], 2)
+    summary = results["summary"]
+    self.assertEqual(set(summary), {"train", "DDIM-2"})
+    self.assertTrue(all(v > 0 and np.isfinite(v) for e in summary.values() for v in e["ours_images_per_s"]))
+    self.assertNotIn("ratios", summary["train"])   # no reference given
+    self.assertIn("Host CPU:", proc.stdout)
+    self.assertIn("XLA_FLAGS=", proc.stdout)
+
+
+if __name__ == "__main__":
+  absltest.main()
