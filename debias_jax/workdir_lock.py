@@ -8,8 +8,8 @@ refreshed the lock, and what to do. The holder refreshes the lock every `heartbe
 raises `WorkdirLockLostError`.
 
 A lock is stale, and taken over, when its holder is gone:
-- holder on this machine (same hostname, boot id and pid namespace): at once, when its pid is dead, a zombie or
-  reused by another process (its /proc start time differs);
+- holder on this machine (same hostname, boot id and pid namespace): at once, when its pid is dead, a zombie,
+  exiting (SIGKILLed, still freeing its memory) or reused by another process (its /proc start time differs);
 - holder elsewhere (another host of a shared filesystem or object store): once it has not been refreshed for the
   holder's `lease_s`. By default `acquire()` waits for that when the holder has already missed two heartbeats,
   so a run restarted on other hosts after a SIGKILL starts within one lease instead of failing.

@@ -280,9 +280,9 @@ class WorkdirLockTest(parameterized.TestCase):
     path = os.path.join(self.workdir, "trainer.lock")
     with open(path, "w") as f:
       f.write("{not json")
-    if protocol == "posix":  # judged by its age: held while younger than a lease
-      with self.assertRaisesRegex(workdir_lock.WorkdirLockedError, f"unreadable lock file.*rm {path}"):
-        workdir_lock.WorkdirLock(self.workdir, protocol=protocol, wait_s=0, **FAST).acquire()
+    if protocol == "posix":  # judged by its age: held while younger than the reader's lease (here 5 s)
+      with self.assertRaisesRegex(workdir_lock.WorkdirLockedError, f"unreadable lock file.*5 s old.*rm {path}"):
+        workdir_lock.WorkdirLock(self.workdir, protocol=protocol, wait_s=0, heartbeat_s=HB, lease_s=5.0).acquire()
       os.utime(path, (time.time() - 2 * LEASE,) * 2)
     # lease protocol: records are replaced whole, so an unreadable one is no holder's
     with workdir_lock.WorkdirLock(self.workdir, protocol=protocol, wait_s=0, **FAST) as lock:
