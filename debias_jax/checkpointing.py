@@ -1,8 +1,13 @@
 """Checkpoints of the train state with orbax; the only module that knows orbax.
 
-A checkpoint is the train state as a plain nested dict (flax's state-dict form): step, params, ema_params,
-opt_state and rng (key data). Saves are asynchronous; `wait()` before the process exits. Restoring checks
-the saved shapes against the config's model first, so a changed config is named, not guessed.
+A checkpoint is the train state as a plain nested dict (flax's state-dict form: step, params, ema_params,
+opt_state and rng key data) in orbax's item "default", and, beside it, the config it was trained with (item
+"config", JSON): its provenance. Checkpoints written before the config item existed restore as they did.
+
+Saves are asynchronous. Only committed checkpoints count (`all_steps`); a save that fails raises
+CheckpointSaveError, once, naming the path and the cause. A checkpoint that cannot be read -- any file missing or
+corrupt -- raises CheckpointError saying so, with the command that sets it aside; nothing is ever deleted here
+except orbax's own unfinished temporary folders.
 """
 
 from __future__ import annotations
@@ -11,14 +16,20 @@ from absl import logging
 from etils import epath
 import flax.serialization
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from debias_jax import storage
 
+STATE_ITEM, CONFIG_ITEM = "default", "config"
+TMP_MARKER = ".orbax-checkpoint-tmp"
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be restored into the state the config describes."""
+
+
+class CheckpointSaveError(CheckpointError):
+  """Writing a checkpoint failed (disk full, permissions, ...); the earlier checkpoints are intact."""
 
 
 def _paths_and_shapes(tree) -> dict[str, tuple]:
@@ -26,29 +37,77 @@ def _paths_and_shapes(tree) -> dict[str, tuple]:
   return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ())) for path, leaf in flat}
 
 
+def root_cause(error: BaseException) -> BaseException:
+  """The innermost exception of a chain (orbax wraps the OSError of a full disk several times)."""
+  seen = set()
+  while (error.__cause__ or error.__context__) is not None and id(error) not in seen:
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return error
+
+
 class Checkpointer:
-  """Keeps the last `keep` checkpoints of a run under `directory`."""
+  """Keeps the last `keep` checkpoints of a run under `directory` (local or gs://)."""
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
     self.directory = str(storage.absolute(directory))
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                           create=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_handlers=ocp.StandardCheckpointHandler())
-
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), CONFIG_ITEM: ocp.JsonCheckpointHandler()})
+    self._saving = None   # the step of the last save started
 
   def all_steps(self) -> list[int]:
-    return list(self._manager.all_steps())
+    """Steps whose checkpoint is committed (an asynchronous save still running is not one of them)."""
+    steps = list(self._manager.all_steps())
+    if self._saving is not None and self._manager.is_saving_in_progress():
+      steps = [s for s in steps if s != self._saving]
+    return sorted(steps)
 
-  def save(self, state, force: bool = True) -> bool:
-    """Starts saving `state` at its step (asynchronously); all processes must call it."""
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def save(self, state, config=None) -> bool:
+    """Starts saving `state` (with `config` as its provenance) at its step; all processes must call it."""
     step = int(jax.device_get(state.step))
     if step in self._manager.all_steps():
       return False
-    return self._manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-                              force=force)
+    items = {STATE_ITEM: ocp.args.StandardSave(flax.serialization.to_state_dict(state))}
+    if config is not None:
+      items[CONFIG_ITEM] = ocp.args.JsonSave(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    self._saving = step
+    try:
+      return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:  # pylint: disable=broad-except  (disk full, permissions, ...)
+      raise self._save_error(step, e) from e
+
+  def check_for_errors(self) -> None:
+    """Raises CheckpointSaveError if an asynchronous save has failed (cheap: call it every step)."""
+    try:
+      self._manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(self._saving, e) from e
+
+  def wait(self) -> None:
+    """Blocks until the save in flight is committed; raises CheckpointSaveError if it failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(self._saving, e) from e
+
+  def close(self) -> None:
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
+
+  def _save_error(self, step, error: Exception) -> CheckpointSaveError:
+    cause = root_cause(error)
+    intact = [s for s in self._manager.all_steps() if s != step]
+    kept = (f"the checkpoint at step {max(intact)} is intact" if intact else "no earlier checkpoint exists")
+    return CheckpointSaveError(f"Saving the checkpoint at step {step} to {self.directory} failed "
+                               f"({type(cause).__name__}: {cause}); training stopped and {kept}.")
 
   def restore(self, template, step: int | None = None):
     """The checkpoint at `step` (default: the latest) as a state like `template`, placed like its leaves.
@@ -63,16 +122,29 @@ class Checkpointer:
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target)
     try:
-      restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          **{STATE_ITEM: ocp.args.StandardRestore(abstract)}))[STATE_ITEM]
     except Exception as e:  # orbax raises many types for damaged files
       raise CheckpointError(self._damaged_message(step, e)) from e
     return flax.serialization.from_state_dict(template, restored)
 
+  def saved_config(self, step: int) -> dict | None:
+    """The config saved with the checkpoint at `step`, or None for a checkpoint written without one."""
+    if not (epath.Path(self.directory) / str(step) / CONFIG_ITEM).exists():
+      return None
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()}))[
+          CONFIG_ITEM]
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(self._damaged_message(step, e)) from e
+
   def _check_shapes(self, step: int, target) -> None:
     try:
-      saved = _paths_and_shapes(self._manager.item_metadata(step))
-    except Exception as e:
+      saved = _paths_and_shapes(self._manager.item_metadata(step)[STATE_ITEM])
+    except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(self._damaged_message(step, e)) from e
+    if not saved:   # the metadata of the arrays is gone: not a config question
+      raise CheckpointError(self._damaged_message(step, FileNotFoundError("its array metadata is missing")))
     expected = _paths_and_shapes(target)
     problems = [f"{p}: saved {saved.get(p, 'missing')}, config wants {s}" for p, s in expected.items()
                 if saved.get(p) != s]
@@ -84,13 +156,13 @@ class Checkpointer:
           f"({len(problems)} differences):\n  {listing}\nRun with the config the checkpoint was written with "
           f"(saved as config.json in the workdir), or use a new --workdir.")
 
-  def _damaged_message(self, step: int, error: Exception) -> str:
+  def _damaged_message(self, step: int, error: BaseException) -> str:
     earlier = [s for s in self.all_steps() if s < step]
     hint = (f"to resume from the previous checkpoint (step {max(earlier)}), move this one aside: "
             f"mv {self.directory}/{step} {self.directory}/{step}.damaged"
-            if earlier else "there is no earlier checkpoint; start a new --workdir")
-    return (f"The checkpoint at step {step} in {self.directory} could not be read ({type(error).__name__}: "
-            f"{error}). Nothing was deleted; {hint}.")
+            if earlier else "there is no earlier checkpoint; move it aside or start a new --workdir")
+    return (f"The checkpoint at step {step} in {self.directory} is damaged and could not be read "
+            f"({type(error).__name__}: {error}). Nothing was deleted; {hint}.")
 
   def reached_preemption(self, step: int) -> bool:
     """True on every process once a TPU/GPU preemption notice has been seen (multi-host safe)."""
@@ -99,32 +171,21 @@ class Checkpointer:
     except Exception:  # pylint: disable=broad-except  (no preemption service outside jax.distributed)
       return False
 
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
 
-  def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+def remove_unfinished_saves(directory: str) -> list[str]:
+  """Deletes the temporary folders of saves that never committed (a killed run's); returns their names."""
+  root = epath.Path(directory)
+  if not root.exists():
+    return []
+  removed = []
+  for path in root.iterdir():
+    if TMP_MARKER in path.name:
+      path.rmtree()
+      removed.append(path.name)
+  if removed:
+    logging.warning("Removed unfinished checkpoint folders of an earlier run: %s", ", ".join(sorted(removed)))
+  return sorted(removed)
 
 
 def checkpoint_dir(workdir: str) -> str:
   return str(epath.Path(workdir) / "checkpoints")
-
-
-def save_converted(workdir: str, config, params) -> str:
-  """Writes imported params (e.g. from a PyTorch checkpoint) as a step-0 train state: params = every EMA."""
-  from debias_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
-  state = train.state_from_params(config, params)
-  checkpointer = Checkpointer(checkpoint_dir(workdir), keep=int(config.train.keep_checkpoints))
-  if checkpointer.latest_step() is not None:
-    raise CheckpointError(f"{checkpointer.directory} already holds checkpoints (steps {checkpointer.all_steps()}); "
-                          f"convert into an empty --workdir so nothing is overwritten.")
-  checkpointer.save(state)
-  checkpointer.close()
-  train.save_config(config, workdir)
-  logging.info("Wrote the converted params to %s (step 0).", checkpointer.directory)
-  return checkpointer.directory
-
-
-def host_array(x) -> np.ndarray:
-  return np.asarray(jax.device_get(x))

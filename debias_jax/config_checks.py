@@ -57,6 +57,31 @@ def differences_from_saved(config, saved, fields, ignore=()) -> list[str]:
   return differences
 
 
+# What a checkpoint was trained with and a config must repeat to resume, sample, evaluate or analyse it.
+PROVENANCE_FIELDS = ("model", "diffusion", "loss", "data")
+# Where and how to read the data or run the network, not what they are: free to differ in every mode.
+OPERATIONAL_FIELDS = ("data.data_dir", "data.num_workers", "data.tfds_access", "data.tfds_max_in_memory_gb",
+                      "data.tfds_prepare", "model.remat")
+# Free when only sampling from the network (no training): compute precision and dropout.
+INFERENCE_FIELDS = ("model.dtype", "model.dropout")
+
+
+def check_provenance(config, saved, where: str, *, training: bool) -> list[str]:
+  """The differences between `config` and the config `saved` with a checkpoint (fields absent on either side, from
+  older versions, are not compared). Raises ConfigError listing them all unless config.allow_config_change is set;
+  then returns them, for the caller to record."""
+  ignore = OPERATIONAL_FIELDS + (() if training else INFERENCE_FIELDS)
+  differences = differences_from_saved(config, saved, PROVENANCE_FIELDS, ignore=ignore)
+  if differences and not config.allow_config_change:
+    raise ConfigError(
+        f"The config differs from the one {where} was trained with ({len(differences)} differences):\n  " +
+        "\n  ".join(differences) + "\nPass the config and overrides it was trained with (saved with every "
+        "checkpoint and in the workdir's config.json), or, to change them deliberately (e.g. fine-tuning with "
+        "another weighting), add --config.allow_config_change=True: the changes are then recorded in the "
+        "workdir's config_changes.jsonl.")
+  return differences
+
+
 def _require(condition: bool, message: str) -> None:
   if not condition:
     raise ConfigError(message)

@@ -32,10 +32,6 @@ from debias_jax.models import unet
 
 SAMPLE_KEY = 0x5A3F          # fold_in(seed key, SAMPLE_KEY) starts every sample stream of sample/eval
 MAX_GRID_IMAGES = 64
-# What decides how a network's output is read; the rest of config.model decides shapes, which the checkpointer
-# checks. model.dtype, remat and dropout may differ from training (e.g. sampling a bfloat16-trained model in fp32).
-_MODEL_DEFINING_FIELDS = ("model", "diffusion", "loss.target", "data.image_size", "data.channels", "data.num_classes")
-_FREE_MODEL_FIELDS = ("model.dtype", "model.remat", "model.dropout")
 
 
 @dataclasses.dataclass
@@ -48,25 +44,8 @@ class Restored:
   mesh: Any
 
 
-def check_matches_training(config, workdir: str) -> None:
-  """Raises ConfigError if the config reads the network differently from the run saved in workdir/config.json.
-
-  Fields absent from the saved config (written by an older version) are not compared.
-  """
-  if not (epath.Path(workdir) / "config.json").exists():
-    logging.warning("No config.json in %s: cannot check that the config matches the trained model.", workdir)
-    return
-  differences = config_checks.differences_from_saved(config, train.load_config(workdir), _MODEL_DEFINING_FIELDS,
-                                                     ignore=_FREE_MODEL_FIELDS)
-  if differences:
-    raise config_checks.ConfigError(
-        f"The config does not describe the model trained in {workdir}:\n  " + "\n  ".join(differences) +
-        f"\nPass the config and overrides the model was trained with (saved in {workdir}/config.json).")
-
-
 def restore_params(config, workdir: str, step: int = -1, use_ema: bool = True, mesh=None) -> Restored:
   """The params to sample with from the checkpoint at `step` (-1: the latest): the first EMA copy or the raw ones."""
-  check_matches_training(config, workdir)
   mesh = parallel.create_mesh() if mesh is None else mesh
   state = train.restore_state(config, workdir, None if int(step) < 0 else int(step), mesh)
   params = state.ema_params[0] if use_ema else state.params

@@ -31,6 +31,8 @@ def quiet_orbax() -> None:
 
 
 def _duration(seconds: float) -> str:
+  if seconds == float("inf"):
+    return "unknown"
   seconds = int(round(seconds))
   if seconds < 60:
     return f"{seconds} s"
@@ -40,21 +42,30 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-  """Logs 'label: done/total unit (x%), rate, ETA' at most every `every_seconds`, and once at the end."""
+  """Logs 'label: done/total unit (x%), rate, ETA', by default at most every `every_seconds` and at the end.
 
-  def __init__(self, label: str, total: int, unit: str = "samples", every_seconds: float = 10.0):
+  `done` is where a resumed job starts: the rate counts only what this process did.
+  """
+
+  def __init__(self, label: str, total: int, unit: str = "samples", every_seconds: float = 10.0, done: int = 0):
     self.label, self.total, self.unit, self.every_seconds = label, int(total), unit, every_seconds
-    self.done = 0
+    self.done = self._first = int(done)
     self._start = self._last = time.monotonic()
 
-  def update(self, count: int = 1) -> None:
+  @property
+  def rate(self) -> float:
+    return (self.done - self._first) / max(time.monotonic() - self._start, 1e-9)
+
+  def update(self, count: int = 1, report: bool | None = None) -> None:
+    """Counts `count` more; report=True logs now, False never, None when due."""
     self.done += int(count)
     now = time.monotonic()
-    if self.done < self.total and now - self._last < self.every_seconds:
+    due = self.done >= self.total or now - self._last >= self.every_seconds
+    if not (report if report is not None else due):
       return
     self._last = now
     elapsed = max(now - self._start, 1e-9)
-    rate = self.done / elapsed
+    rate = (self.done - self._first) / elapsed
     eta = (self.total - self.done) / rate if rate > 0 else float("inf")
     percent = 100.0 * self.done / max(self.total, 1)
     tail = f"done in {_duration(elapsed)}" if self.done >= self.total else f"ETA {_duration(eta)}"

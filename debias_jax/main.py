@@ -3,6 +3,9 @@
 Flags parse the config (with `--config.a.b=value` overrides) and hand it to the mode's entry point, a function
 `entry(config, workdir)`. Multi-host runs (TPU pods, several GPU hosts) pass `--distributed` (or set
 DEBIAS_JAX_DISTRIBUTED=1) so that jax.distributed.initialize() joins the processes before any JAX work.
+
+Exit status: 0 done; 75 stopped for preemption (SIGTERM) with its progress saved: rerun the same command to
+resume; 1 an error.
 """
 
 import importlib
@@ -12,10 +15,12 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
 
+from debias_jax import config_files
+from debias_jax import preemption
 from debias_jax import runtime
 from debias_jax import xla_cpu
+from debias_jax.data import tfds_source
 
 # mode -> (module, function); each function takes (config, workdir).
 MODES = {
@@ -35,7 +40,7 @@ flags.DEFINE_integer("num_processes", None, "Number of processes, for --distribu
 flags.DEFINE_integer("process_id", None, "This process's index, for --distributed outside TPU/SLURM.")
 flags.DEFINE_string("compilation_cache", "", "Persistent XLA compilation cache folder (local or gs://); '' = "
                     "$JAX_COMPILATION_CACHE_DIR or ~/.cache/debias_jax/xla, 'none' = off.")
-config_flags.DEFINE_config_file("config", None, "Path to a config file (see configs/).", lock_config=True)
+config_files.DEFINE_config_file("config", None, "Path to a config file (see configs/).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -57,11 +62,16 @@ def main(argv):
   if jax.process_count() > 1:  # first of all: processes that disagree would hang or fail obscurely later
     from debias_jax import multihost  # pylint: disable=g-import-not-at-top
     multihost.check_processes_agree(FLAGS.config, workdir=FLAGS.workdir, mode=FLAGS.mode)
+  if FLAGS.mode in ("train", "analyze"):   # a missing tfds dataset fails now, before TensorFlow starts
+    tfds_source.check_prepared(FLAGS.config.data)
   runtime.setup(FLAGS.compilation_cache)
   logging.info("JAX process %d of %d, local devices: %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
   module, function = MODES[FLAGS.mode]
-  getattr(importlib.import_module(module), function)(FLAGS.config, FLAGS.workdir)
+  try:
+    getattr(importlib.import_module(module), function)(FLAGS.config, FLAGS.workdir)
+  except preemption.Preempted as e:
+    preemption.exit_preempted(e)
 
 
 if __name__ == "__main__":

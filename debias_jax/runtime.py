@@ -29,8 +29,7 @@ def enable_compilation_cache(directory: str) -> str | None:
 
 
 def setup(compilation_cache: str = "") -> None:
-  """Quiet orbax, the compilation cache, and TensorFlow kept off the accelerators (before clu initialises it)."""
-  from debias_jax.data import hide_gpus_from_tensorflow  # pylint: disable=g-import-not-at-top
+  """Orbax's INFO lines hidden and the compilation cache on. (TensorFlow is imported only by the tfds source,
+  which first hides every GPU from it.)"""
   logs.quiet_orbax()
   enable_compilation_cache(compilation_cache)
-  hide_gpus_from_tensorflow()

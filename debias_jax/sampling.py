@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from debias_jax import parallel
+from debias_jax import preemption
 from debias_jax import storage
 from debias_jax.diffusion import samplers
 from debias_jax.diffusion.schedules import Schedule
@@ -65,8 +66,11 @@ class Generator:
     return jax.jit(run, in_shardings=(parallel.replicated(self.mesh), batch, batch, None), out_shardings=batch)
 
   def generate(self, params, num: int, rng, *, batch_size: int | None = None, sampler: str | None = None,
-               steps=None, labels=None) -> np.ndarray:
-    """`num` images as float32 NHWC in [-1, 1] (host numpy); the same rng gives the same images."""
+               steps=None, labels=None, stop=None) -> np.ndarray:
+    """`num` images as float32 NHWC in [-1, 1] (host numpy); the same rng gives the same images.
+
+    With a preemption.StopRequest `stop`, a SIGTERM ends it promptly with preemption.Preempted, even mid-batch.
+    """
     devices = self.mesh.devices.size
     batch_size = int(batch_size or self.config.sampling.batch_size)
     batch_size = max(devices, batch_size - batch_size % devices)
@@ -80,7 +84,9 @@ class Generator:
       key = jax.random.fold_in(rng, i)
       x_T = jax.random.normal(jax.random.fold_in(key, 0), (padded,) + self.image_shape, jnp.float32)
       batch_labels = np.resize(np.asarray(labels[start:start + count], np.int32), padded)
-      images = fn(params, x_T, jnp.asarray(batch_labels), jax.random.fold_in(key, 1))
+      images = preemption.run_until_stopped(
+          lambda: jax.block_until_ready(fn(params, x_T, jnp.asarray(batch_labels), jax.random.fold_in(key, 1))),
+          stop, "sampling")
       if not images.is_fully_addressable:  # multi-host: every process gets every image
         images = multihost_utils.process_allgather(images, tiled=True)
       out.append(np.asarray(jax.device_get(images))[:count])

@@ -1,10 +1,10 @@
-"""TensorBoard event files written through etils.epath, so metrics reach a gs:// workdir by the same code path as a
-local one (and an emulated object store in tests), without TensorFlow's own file systems.
+"""Metric writers: absl logging on every process, TensorBoard event files from the main one.
 
-`create_writer(logdir)` is the clu MetricWriter every mode uses: absl logging on every process, plus event files on
-process 0. Object stores cannot append, so each flush rewrites the current event file as one object (TensorFlow's
-GCS writer does the same) and a new file is started once it passes ROLL_BYTES; TensorBoard reads a run's files
-in name order. Writes are synchronous: no thread outlives the writer.
+The event files are written through etils.epath, so metrics reach a gs:// workdir by the same code path as a local
+one (and an emulated object store in tests), without TensorFlow: importing it (as clu's writers do) costs seconds
+at every start. Object stores cannot append, so each flush rewrites the current event file as one object
+(TensorFlow's GCS writer does the same) and a new file is started once it passes ROLL_BYTES; TensorBoard reads a
+run's files in name order. Writes are synchronous: no thread outlives the writer.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import time
 from typing import Any, Mapping
 
 from absl import logging
-from clu import metric_writers
 from etils import epath
 import numpy as np
 from tensorboard.compat.proto import event_pb2
@@ -67,7 +66,7 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-class EventFileWriter(metric_writers.MetricWriter):
+class EventFileWriter:
   """Scalars, images and hparams as TensorBoard events under `logdir` (any epath location)."""
 
   def __init__(self, logdir):
@@ -90,6 +89,7 @@ class EventFileWriter(metric_writers.MetricWriter):
                                                  for k, v in scalars.items()]))
 
   def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    """Each value: one HWC image or a batch NHWC (uint8, or floats in [0, 1])."""
     values = []
     for key, batch in images.items():
       batch = np.asarray(batch)
@@ -105,24 +105,6 @@ class EventFileWriter(metric_writers.MetricWriter):
     values = {k: hparam_value(v) for k, v in flatten(hparams).items()}
     self._write(0, hparams_summary.hparams_pb(values))
 
-  def _unsupported(self, kind: str) -> None:
-    logging.log_first_n(logging.WARNING, "EventFileWriter does not write %s.", 1, kind)
-
-  def write_summaries(self, step, values, metadata=None):
-    self._unsupported("summaries")
-
-  def write_texts(self, step, texts):
-    self._unsupported("texts")
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    self._unsupported("histograms")
-
-  def write_videos(self, step, videos):
-    self._unsupported("videos")
-
-  def write_audios(self, step, audios, *, sample_rate):
-    self._unsupported("audios")
-
   def flush(self) -> None:
     if not self._dirty:
       return
@@ -137,12 +119,55 @@ class EventFileWriter(metric_writers.MetricWriter):
     self.flush()
 
 
-def create_writer(logdir, *, is_main: bool = True) -> metric_writers.MetricWriter:
+class LoggingWriter:
+  """Scalars and hparams as absl log lines (images are only counted)."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    logging.info("[%d] %s", step, ", ".join(f"{k}={float(v):.6g}" for k, v in sorted(scalars.items())))
+
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    logging.info("[%d] images: %s", step, ", ".join(sorted(images)))
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    logging.info("[hparams] %s", ", ".join(f"{k}={v!r}" for k, v in sorted(flatten(hparams).items())))
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+class Writers:
+  """The same calls to several writers."""
+
+  def __init__(self, writers):
+    self._writers = list(writers)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    for writer in self._writers:
+      writer.write_scalars(step, scalars)
+
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    for writer in self._writers:
+      writer.write_images(step, images)
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    for writer in self._writers:
+      writer.write_hparams(hparams)
+
+  def flush(self) -> None:
+    for writer in self._writers:
+      writer.flush()
+
+  def close(self) -> None:
+    for writer in self._writers:
+      writer.close()
+
+
+def create_writer(logdir, *, is_main: bool = True) -> Writers:
   """absl logging everywhere; TensorBoard event files in `logdir` from the main process only."""
-  writers = [metric_writers.LoggingWriter()]
-  if is_main:
-    writers.append(EventFileWriter(logdir))
-  return metric_writers.MultiWriter(writers)
+  return Writers([LoggingWriter()] + ([EventFileWriter(logdir)] if is_main else []))
 
 
 def read_events(logdir) -> list[event_pb2.Event]:

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
-import threading
+import time
 from typing import Any
 
 from absl import logging
-from clu import periodic_actions
 from etils import epath
 import flax
 import jax
@@ -27,16 +25,20 @@ import optax
 from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import jsonl
+from debias_jax import logs
 from debias_jax import parallel
+from debias_jax import preemption
 from debias_jax import sampling
 from debias_jax import storage
 from debias_jax import summaries
+from debias_jax import workdir_lock
 from debias_jax.data import pipeline
 from debias_jax.diffusion import losses
 from debias_jax.diffusion import weighting
 from debias_jax.models import unet
 
 NO_NONFINITE_STEP = np.iinfo(np.int32).max
+CONFIG_CHANGES = "config_changes.jsonl"   # deliberate config changes on resume (allow_config_change), per step
 
 
 @flax.struct.dataclass
@@ -151,20 +153,6 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads((epath.Path(workdir) / "config.json").read_text()))
 
 
-class _StopRequest:
-  """Set by SIGTERM (preemption on most clouds); the loop saves and exits at the next step."""
-
-  def __init__(self):
-    self.requested = False
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and stopping.")
-    self.requested = True
-
-
 class NonFiniteLossError(FloatingPointError):
   pass
 
@@ -172,6 +160,7 @@ class NonFiniteLossError(FloatingPointError):
 def _check_finite(sums, checkpointer) -> None:
   bad = int(jax.device_get(sums["first_nonfinite_step"]))
   if bad != NO_NONFINITE_STEP:
+    checkpointer.wait()   # name only a committed checkpoint
     latest = checkpointer.latest_step()
     kept = (f"the last good checkpoint (step {latest}) is kept in {checkpointer.directory}" if latest is not None
             else "no checkpoint had been written yet")
@@ -181,9 +170,12 @@ def _check_finite(sums, checkpointer) -> None:
         f"if the weights are extreme.")
 
 
-def _write_samples(config, generator, state, step, workdir, writer):
+def _write_samples(config, generator, state, step, workdir, writer, stop) -> None:
   rng = jax.random.fold_in(jax.random.key(int(config.seed)), 0x5A)
-  images = generator.generate(state.ema_params[0], int(config.sampling.num_samples), rng)
+  logging.info("Sampling %d images for the grid of step %d.", int(config.sampling.num_samples), step)
+  start = time.monotonic()
+  images = generator.generate(state.ema_params[0], int(config.sampling.num_samples), rng, stop=stop)
+  logging.info("Sampled the grid of step %d in %.1f s.", step, time.monotonic() - start)
   grid = sampling.image_grid(sampling.to_uint8(images))
   if jax.process_index() == 0:
     sampling.save_png(epath.Path(workdir) / "samples" / f"step_{step:08d}.png", grid,
@@ -191,90 +183,190 @@ def _write_samples(config, generator, state, step, workdir, writer):
   writer.write_images(step, {"samples": grid[None]})
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains config.train.num_steps steps in `workdir`, resuming from its latest checkpoint; returns the state."""
-  mesh = parallel.create_mesh()
-  config_checks.validate(config, num_devices=mesh.devices.size)
-  model = unet.create_model(config)
-  schedule = sampling.training_schedule(config)
-  t = config.train
-  steps_per_call, num_steps = int(t.steps_per_call), int(t.num_steps)
+def saved_config(checkpointer, step: int, workdir: str) -> dict | None:
+  """The config the checkpoint at `step` was trained with: saved with it, or (older checkpoints) config.json."""
+  saved = checkpointer.saved_config(step)
+  if saved is None and (epath.Path(workdir) / "config.json").exists():
+    saved = load_config(workdir).to_dict()
+  return saved
 
-  replicated = parallel.replicated(mesh)
+
+def _check_resumed_config(config, checkpointer, step: int, workdir: str) -> None:
+  """Refuses to resume with a changed config unless allowed; an allowed change is recorded."""
+  saved = saved_config(checkpointer, step, workdir)
+  if saved is None:
+    return
+  where = f"the checkpoint at step {step} in {checkpointer.directory}"
+  differences = config_checks.check_provenance(config, saved, where, training=True)
+  if differences:
+    logging.warning("Resuming with a changed config (allow_config_change): %s", "; ".join(differences))
+    jsonl.append(epath.Path(workdir) / CONFIG_CHANGES, {"step": step, "differences": differences})
+
+
+def _drop_metrics_after(workdir: str, step: int) -> None:
+  """A resumed run logs again the steps after its checkpoint: drop their earlier records (no step twice)."""
+  path = epath.Path(workdir) / "metrics.jsonl"
+  records = jsonl.read(path)
+  kept = [r for r in records if r.get("step", 0) <= step]
+  if jax.process_index() == 0 and len(kept) < len(records):
+    storage.write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _start_or_resume(config, model, checkpointer, workdir: str, replicated):
+  """The latest checkpoint's state (after checking the config against it), or a fresh one."""
   init = jax.jit(lambda rng: create_train_state(config, model, rng), out_shardings=replicated)
-  checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), keep=int(t.keep_checkpoints))
-  if checkpointer.latest_step() is None:
-    state = init(jax.random.key(int(config.seed)))
-  else:
-    template = jax.eval_shape(init, jax.random.key(int(config.seed)))
-    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), template)
-    state = checkpointer.restore(template)
-    logging.info("Resumed from the checkpoint at step %d in %s.", int(state.step), checkpointer.directory)
-  save_config(config, workdir)
-  step = int(jax.device_get(state.step))
-  if step % steps_per_call:
-    raise ValueError(f"The checkpoint is at step {step}, not a multiple of train.steps_per_call={steps_per_call}; "
-                     f"resume with the steps_per_call it was trained with.")
+  step = checkpointer.latest_step()
+  if step is None:
+    return init(jax.random.key(int(config.seed)))
+  _check_resumed_config(config, checkpointer, step, workdir)
+  template = abstract_state(config, replicated.mesh)
+  state = checkpointer.restore(template, step)
+  logging.info("Resumed from the checkpoint at step %d in %s.", step, checkpointer.directory)
+  return state
 
-  train_step = jax.jit(make_train_step(config, model, schedule),
-                       in_shardings=(replicated, replicated, parallel.batch_sharding(mesh, int(steps_per_call > 1))),
-                       out_shardings=(replicated, replicated), donate_argnums=(0, 1))
-  fresh_sums = jax.jit(lambda: init_metric_sums(schedule.num_steps), out_shardings=replicated)
-  sums = fresh_sums()
-  generator = sampling.Generator(config, model, mesh, schedule)
 
-  writer = summaries.create_writer(workdir, is_main=jax.process_index() == 0)
-  if step == 0:
-    writer.write_hparams(config.to_dict())
-  learning_rate = learning_rate_schedule(config.optim)
-  norms = jax.jit(lambda s: state_norms(s, config.ema_rates))
-  hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                           every_steps=int(t.log_every))] if jax.process_index() == 0 else []
-  batches = pipeline.create_train_iterator(config.data, global_batch_size=int(t.batch_size),
-                                           seed=int(config.seed), start_step=step)
-  stop = _StopRequest()
-  every = lambda n: n > 0 and step % n == 0
+class _Loop:
+  """The training loop's pieces that outlive one step: programs, writers and the stop request."""
 
-  logging.info("Training from step %d to %d on %d devices.", step, num_steps, mesh.devices.size)
-  while step < num_steps:
-    local = [next(batches) for _ in range(steps_per_call)]
-    if steps_per_call > 1:
+  def __init__(self, config, workdir: str, checkpointer, stop, mesh, model):
+    self.config, self.workdir, self.checkpointer, self.mesh = config, workdir, checkpointer, mesh
+    self.single_process = jax.process_count() == 1
+    # Multi-host runs stop together at agreed steps, never in the middle of a program every host must run.
+    self.stop = stop if self.single_process else None
+    self.request = stop
+    t = config.train
+    self.steps_per_call, self.num_steps = int(t.steps_per_call), int(t.num_steps)
+    schedule = sampling.training_schedule(config)
+    replicated = parallel.replicated(mesh)
+    self.train_step = jax.jit(
+        make_train_step(config, model, schedule),
+        in_shardings=(replicated, replicated, parallel.batch_sharding(mesh, int(self.steps_per_call > 1))),
+        out_shardings=(replicated, replicated), donate_argnums=(0, 1))
+    self.fresh_sums = jax.jit(lambda: init_metric_sums(schedule.num_steps), out_shardings=replicated)
+    self.norms = jax.jit(lambda s: state_norms(s, config.ema_rates))
+    self.learning_rate = learning_rate_schedule(config.optim)
+    self.generator = sampling.Generator(config, model, mesh, schedule)
+    self.writer = summaries.create_writer(workdir, is_main=jax.process_index() == 0)
+
+  def batch(self, batches) -> dict:
+    local = [next(batches) for _ in range(self.steps_per_call)]
+    if self.steps_per_call > 1:
       local = {k: np.stack([b[k] for b in local]) for k in ("image", "label")}
     else:
       local = {k: local[0][k] for k in ("image", "label")}
-    state, sums = train_step(state, sums, parallel.global_batch(local, mesh, int(steps_per_call > 1)))
-    for done in range(step + 1, step + steps_per_call + 1):  # clu's hooks expect every step
-      for hook in hooks:
-        hook(done)
-    step += steps_per_call
+    return parallel.global_batch(local, self.mesh, int(self.steps_per_call > 1))
 
-    last = step >= num_steps
-    preempted = checkpointer.reached_preemption(step)  # orbax makes every host agree on this one
-    if jax.process_count() == 1:
-      preempted = preempted or stop.requested
-    elif every(int(t.log_every) or int(t.checkpoint_every) or steps_per_call):
-      # SIGTERM reaches the hosts at different steps: they act on it together, at a step all of them check.
-      preempted = preempted or bool(multihost_utils.process_allgather(np.array(stop.requested)).any())
-    if every(int(t.log_every)) or last or preempted:
-      _check_finite(sums, checkpointer)
-      metrics = losses.finalize_metrics(jax.device_get(sums["sums"]))
-      metrics["learning_rate"] = float(learning_rate(step - 1))  # the rate of this interval's last update
-      metrics.update({k: float(v) for k, v in jax.device_get(norms(state)).items()})
-      writer.write_scalars(step, metrics)
-      jsonl.append(epath.Path(workdir) / "metrics.jsonl", {"step": step, **metrics})
-      sums = fresh_sums()
-    if every(int(t.checkpoint_every)) or last or preempted:
-      _check_finite(sums, checkpointer)
-      checkpointer.save(state)
-    if every(int(t.sample_every)) or (last and int(t.sample_every) > 0):
-      with hooks[0].timed("sample", wait_jax_async_dispatch=False) if hooks else contextlib.nullcontext():
-        _write_samples(config, generator, state, step, workdir, writer)
-    if preempted and not last:
-      logging.warning("Stopped at step %d for preemption; rerun the same command to resume.", step)
-      break
-  checkpointer.close()
-  writer.flush()
+  def preempted(self, step: int, check_all_hosts: bool) -> bool:
+    if self.checkpointer.reached_preemption(step):  # orbax makes every host agree on this one
+      return True
+    if self.single_process:
+      return self.request.requested
+    # SIGTERM reaches the hosts at different steps: they act on it together, at a step all of them check.
+    return check_all_hosts and bool(multihost_utils.process_allgather(np.array(self.request.requested)).any())
+
+  def log(self, step: int, state, sums, progress: logs.Progress) -> None:
+    _check_finite(sums, self.checkpointer)
+    progress.update(0, report=True)
+    metrics = losses.finalize_metrics(jax.device_get(sums["sums"]))
+    metrics["steps_per_second"] = progress.rate
+    metrics["learning_rate"] = float(self.learning_rate(step - 1))  # the rate of this interval's last update
+    metrics.update({k: float(v) for k, v in jax.device_get(self.norms(state)).items()})
+    self.writer.write_scalars(step, metrics)
+    self.writer.flush()
+    jsonl.append(epath.Path(self.workdir) / "metrics.jsonl", {"step": step, **metrics})
+
+  def run(self, state, start: int, lock) -> TrainState:
+    """Steps from `start` to train.num_steps; raises preemption.Preempted after saving if stopped early."""
+    t, config = self.config.train, self.config
+    every = lambda n, step: n > 0 and step % n == 0
+    batches = pipeline.create_train_iterator(config.data, global_batch_size=int(t.batch_size),
+                                             seed=int(config.seed), start_step=start)
+    sums, step = self.fresh_sums(), start
+    progress = logs.Progress("Training", self.num_steps, "steps", done=start)
+    try:
+      first = self.batch(batches)
+      logging.info("Compiling the train step.")
+      step_fn = preemption.run_until_stopped(lambda: self.train_step.lower(state, sums, first).compile(),
+                                             self.stop, "the first compilation of the train step")
+      logging.info("Training from step %d to %d on %d devices.", step, self.num_steps, self.mesh.devices.size)
+      batch = first
+      while step < self.num_steps:
+        state, sums = step_fn(state, sums, batch)
+        step += self.steps_per_call
+        progress.update(self.steps_per_call, report=False)
+        self.checkpointer.check_for_errors()
+        last = step >= self.num_steps
+        preempted = self.preempted(step, every(int(t.log_every) or int(t.checkpoint_every) or self.steps_per_call,
+                                               step))
+        if every(int(t.log_every), step) or last or preempted:
+          self.log(step, state, sums, progress)
+          sums = self.fresh_sums()
+          if lock is not None:
+            lock.check()
+        if every(int(t.checkpoint_every), step) or last or preempted:
+          _check_finite(sums, self.checkpointer)
+          self.checkpointer.save(state, config)
+        if preempted and not last:
+          raise preemption.Preempted(f"Stopped at step {step} for preemption.")
+        if (every(int(t.sample_every), step) or (last and int(t.sample_every) > 0)) and not self.request.requested:
+          _write_samples(config, self.generator, state, step, self.workdir, self.writer, self.stop)
+        if not last:
+          batch = self.batch(batches)
+    except preemption.Preempted:
+      self.checkpointer.save(state, config)   # a no-op when this step is saved already
+      self.checkpointer.wait()
+      logging.warning("Stopped at step %d for preemption; the checkpoint is saved: rerun the same command to "
+                      "resume.", int(jax.device_get(state.step)))
+      raise
+    finally:
+      self.writer.flush()
+    return state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains config.train.num_steps steps in `workdir`, resuming from its latest checkpoint; returns the state.
+
+  Everything that can be wrong with the inputs (config, data, workdir lock, the config of the checkpoint to
+  resume) is checked before a model is built or anything is written. A SIGTERM stops the run within about a
+  step -- even during the first compilation or a sample grid -- with its state saved, and raises
+  preemption.Preempted; a failed save raises checkpointing.CheckpointSaveError at once.
+  """
+  mesh = parallel.create_mesh()
+  config_checks.validate(config, num_devices=mesh.devices.size)
+  pipeline.open_source(config.data)   # a missing dataset fails here, in seconds, leaving the workdir untouched
+  with contextlib.ExitStack() as stack:
+    stop = stack.enter_context(preemption.StopRequest())
+    lock = stack.enter_context(workdir_lock.WorkdirLock(workdir)) if jax.process_index() == 0 else None
+    directory = checkpointing.checkpoint_dir(workdir)
+    if jax.process_index() == 0:
+      checkpointing.remove_unfinished_saves(directory)
+    checkpointer = checkpointing.Checkpointer(directory, keep=int(config.train.keep_checkpoints))
+    try:
+      model = unet.create_model(config)
+      state = _start_or_resume(config, model, checkpointer, workdir, parallel.replicated(mesh))
+      step = int(jax.device_get(state.step))
+      if step % int(config.train.steps_per_call):
+        raise ValueError(f"The checkpoint is at step {step}, not a multiple of train.steps_per_call="
+                         f"{config.train.steps_per_call}; resume with the steps_per_call it was trained with.")
+      save_config(config, workdir)
+      _drop_metrics_after(workdir, step)
+      loop = _Loop(config, workdir, checkpointer, stop, mesh, model)
+      if step == 0:
+        loop.writer.write_hparams(config.to_dict())
+      state = loop.run(state, step, lock)
+    except BaseException as error:
+      _close_quietly(checkpointer, error)   # the save in flight finishes (or its failure is logged); error stands
+      raise
+    checkpointer.close()
   return state
+
+
+def _close_quietly(checkpointer, error: BaseException) -> None:
+  try:
+    checkpointer.close()
+  except checkpointing.CheckpointError as e:
+    if str(e) != str(error):
+      logging.error("%s", e)
 
 
 def abstract_state(config, mesh=None) -> TrainState:
@@ -290,7 +382,8 @@ def restore_state(config, workdir: str, step: int | None = None, mesh=None) -> T
   """The train state saved in `workdir` at `step` (None or -1: the latest), replicated over `mesh`.
 
   For sampling, evaluation and analysis of a finished or running training: a missing checkpoint is named with
-  the command that writes one, and a config that does not match the checkpoint is named by checkpointing.
+  the command that writes one, and a config that does not describe what was trained (model, diffusion, loss,
+  data) is refused, listing every difference, before anything is computed.
   """
   directory = checkpointing.checkpoint_dir(workdir)
   train_hint = (f"Train first: python -m debias_jax.main --config=<the config> --workdir={workdir} (--mode train), "
@@ -307,6 +400,32 @@ def restore_state(config, workdir: str, step: int | None = None, mesh=None) -> T
     if step not in steps:
       raise checkpointing.CheckpointError(f"No checkpoint at step {step} in {checkpointer.directory}; it holds "
                                           f"steps {sorted(steps)} (-1 picks the latest).")
+    saved = saved_config(checkpointer, step, workdir)
+    if saved is None:
+      logging.warning("No config saved with the checkpoint at step %d in %s: cannot check that the config matches "
+                      "the trained model.", step, checkpointer.directory)
+    else:
+      differences = config_checks.check_provenance(config, saved, f"the checkpoint at step {step} in "
+                                                   f"{checkpointer.directory}", training=False)
+      if differences:
+        logging.warning("Using the checkpoint with a changed config (allow_config_change): %s",
+                        "; ".join(differences))
     return checkpointer.restore(abstract_state(config, mesh), step)
   finally:
     checkpointer.close()
+
+
+def save_converted(workdir: str, config, params) -> str:
+  """Writes imported params (e.g. from a PyTorch checkpoint) as a step-0 train state: params = every EMA."""
+  state = state_from_params(config, params)
+  checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir),
+                                           keep=int(config.train.keep_checkpoints))
+  if checkpointer.latest_step() is not None:
+    raise checkpointing.CheckpointError(f"{checkpointer.directory} already holds checkpoints (steps "
+                                        f"{checkpointer.all_steps()}); convert into an empty --workdir so nothing "
+                                        f"is overwritten.")
+  checkpointer.save(state, config)
+  checkpointer.close()
+  save_config(config, workdir)
+  logging.info("Wrote the converted params to %s (step 0).", checkpointer.directory)
+  return checkpointer.directory

@@ -86,5 +86,10 @@ python_command="${VENV}/bin/python ${program% }"
 if [[ "${DETACH}" == "1" ]]; then
   ssh_all "cd ${REMOTE_DIR} && mkdir -p ~/${LOG_DIR} && { nohup ${python_command} > ~/${LOG_DIR}/run.log 2>&1 < /dev/null & echo \$! > ~/${LOG_DIR}/run.pid; } && echo \"\$(hostname): started, log in ~/${LOG_DIR}/run.log\""
 else
-  ssh_all "cd ${REMOTE_DIR} && ${python_command}"
+  status=0
+  ssh_all "cd ${REMOTE_DIR} && ${python_command}" || status=$?
+  if [[ "${status}" -eq 75 ]]; then   # debias_jax.main: stopped early (SIGTERM), progress saved
+    echo "The run stopped early with its checkpoint saved (exit status 75): run the same command again to resume." >&2
+  fi
+  exit "${status}"
 fi

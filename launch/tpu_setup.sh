@@ -38,7 +38,7 @@ pack_checkout() {
   (cd "${REPO_ROOT}" &&
     git ls-files -z --cached --others --exclude-standard |
     while IFS= read -r -d '' path; do
-      if [[ -f "${path}" ]]; then printf '%s\0' "${path}"; fi
+      if [[ -f "${path}" || -L "${path}" ]]; then printf '%s\0' "${path}"; fi
     done | tar --null -T - -czf "$1")
 }
 

@@ -123,8 +123,9 @@ class TrainLoopTest(parameterized.TestCase):
 
   def test_a_changed_model_is_named_on_resume(self):
     workdir = os.path.join(self.tmp, "full")
-    with self.assertRaisesRegex(checkpointing.CheckpointError,
-                                r"does not match the config's model(.|\n)*saved \(3, 3, 32, 32\), config wants \(3, 3, 64, 64\)"):
+    with self.assertRaisesRegex(config_checks.ConfigError,
+                                r"differs from the one the checkpoint at step 20(.|\n)*model.model_channels: trained "
+                                r"with 32, given 64"):
       train.train_and_evaluate(tiny_config(**{"model.model_channels": 64, "train.num_steps": 30}), workdir)
 
   def test_a_damaged_checkpoint_is_reported_and_nothing_is_deleted(self):

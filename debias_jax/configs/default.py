@@ -10,6 +10,8 @@ import ml_collections
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.allow_config_change = False  # True: resume/sample a checkpoint with another model/diffusion/loss/data
+                                      # config (e.g. fine-tuning with another weighting); recorded in the workdir
 
   config.data = data = ml_collections.ConfigDict()
   data.source = "embedded"        # embedded | tfds | folder

@@ -123,7 +123,8 @@ def create_source(data_config) -> base.Source:
         f["name"], f["split"], f["data_dir"], f["image_size"], f["channels"],
         access=data_config.get("tfds_access", "auto"), image_key=data_config.get("image_key", "image"),
         label_key=data_config.get("label_key", "label"),
-        max_in_memory_gb=float(data_config.get("tfds_max_in_memory_gb", 8.0)))
+        max_in_memory_gb=float(data_config.get("tfds_max_in_memory_gb", 8.0)),
+        prepare_missing=bool(data_config.get("tfds_prepare", False)))
   if f["num_classes"] > 0 and f["num_classes"] != source.num_classes:
     what = f"{source.num_classes} classes" if source.num_classes else "no labels"
     raise ValueError(f"data.num_classes={f['num_classes']}, but the dataset has {what}; set data.num_classes="
@@ -131,6 +132,14 @@ def create_source(data_config) -> base.Source:
   _SOURCE_CACHE[key] = source
   while len(_SOURCE_CACHE) > 4:
     _SOURCE_CACHE.popitem(last=False)
+  return source
+
+
+def open_source(data_config) -> base.Source:
+  """create_source, then one example read: a missing, empty or unreadable dataset fails here, before a run builds a
+  model or writes anything."""
+  source = create_source(data_config)
+  source.read(np.zeros(1, np.int64))
   return source
 
 

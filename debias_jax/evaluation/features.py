@@ -52,7 +52,8 @@ DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "debias_jax")
 MAX_REFERENCE_FEATURES = 10_000   # reference feature vectors kept for precision/recall
 MAX_PR_SAMPLES = 50_000           # sample feature vectors used for precision/recall
 # Data fields that change how examples are read or augmented in training, not which images evaluation sees.
-_NOT_CONTENT_FIELDS = ("random_flip", "shuffle_buffer", "num_workers", "tfds_access", "tfds_max_in_memory_gb")
+_NOT_CONTENT_FIELDS = ("random_flip", "shuffle_buffer", "num_workers", "tfds_access", "tfds_max_in_memory_gb",
+                       "tfds_prepare")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +149,8 @@ def pixel_extractor(batch_size: int = 256) -> FeatureExtractor:
 def inception_extractor(weights_path: str, batch_size: int = 256) -> FeatureExtractor:
   """FID Inception-v3 from a local weight file (`inception.WEIGHTS_FORMAT`); the key hashes the file."""
   from debias_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
-  forward, num_classes = inception.load_inception_fn(storage.absolute(weights_path))
+  weights_path = storage.absolute(weights_path) if weights_path else ""
+  forward, num_classes = inception.load_inception_fn(weights_path)
 
   def apply(images):
     out = forward(images)
@@ -157,7 +159,7 @@ def inception_extractor(weights_path: str, batch_size: int = 256) -> FeatureExtr
       renamed["logits"] = out["logits"]
     return renamed
 
-  digest = _file_digest(storage.absolute(weights_path))
+  digest = _file_digest(weights_path)
   return FeatureExtractor(name="inception", key=f"inception-{digest[:16]}", apply=apply, batch_size=batch_size,
                           info={"num_classes": num_classes, "weights": weights_path})
 

@@ -31,7 +31,6 @@ import resource
 import shlex
 import signal
 import sys
-import threading
 import time
 from typing import Iterator
 
@@ -45,8 +44,10 @@ import numpy as np
 
 from debias_jax import checkpointing
 from debias_jax import config_checks
+from debias_jax import config_files
 from debias_jax import jsonl
 from debias_jax import logs
+from debias_jax import preemption
 from debias_jax import runtime
 from debias_jax import sampling
 from debias_jax import storage
@@ -235,22 +236,6 @@ def saved_steps(workdir: str) -> list[int]:
     checkpointer.close()
 
 
-class StudyStopped(RuntimeError):
-  """Training stopped early (SIGTERM / preemption): rerun the same command to resume."""
-
-
-@contextlib.contextmanager
-def _restore_sigterm():
-  """train installs its own SIGTERM handler for the loop; put the previous one back once it returns."""
-  main = threading.current_thread() is threading.main_thread()
-  previous = signal.getsignal(signal.SIGTERM) if main else None
-  try:
-    yield
-  finally:
-    if main:
-      signal.signal(signal.SIGTERM, previous)
-
-
 # What makes two trainings the same up to their length: a resumed study must not mix in arms trained otherwise.
 TRAINING_FIELDS = ("seed", "data", "model", "diffusion", "loss", "optim", "ema_rates", "train.batch_size",
                    "train.steps_per_call")
@@ -260,7 +245,8 @@ def check_same_training(c, directory: str) -> None:
   """Raises ConfigError if the arm in `directory` was trained with another config than `c` (its length aside)."""
   if not (epath.Path(directory) / "config.json").exists():
     return
-  differences = config_checks.differences_from_saved(c, train.load_config(directory), TRAINING_FIELDS)
+  differences = config_checks.differences_from_saved(c, train.load_config(directory), TRAINING_FIELDS,
+                                                     ignore=config_checks.OPERATIONAL_FIELDS)
   if differences:
     raise config_checks.ConfigError(
         f"{directory} was trained with another config:\n  " + "\n  ".join(differences) +
@@ -277,11 +263,7 @@ def train_arm(config, workdir: str, arm: Arm) -> None:
       return
     logging.info("Training arm %s (%s-prediction, weighting %s) in %s.", arm.name, arm.target, arm.weighting,
                  directory)
-    with _restore_sigterm():
-      state = train.train_and_evaluate(c, directory)
-    if int(jax.device_get(state.step)) < planned[-1]:
-      raise StudyStopped(f"Training of arm {arm.name} stopped at step {int(jax.device_get(state.step))}; rerun the "
-                         f"same command to resume.")
+    train.train_and_evaluate(c, directory)   # preemption.Preempted if stopped early
   missing = sorted(set(planned) - set(saved_steps(directory)))
   if missing:
     raise checkpointing.CheckpointError(
@@ -485,22 +467,25 @@ def command_line(argv: list[str]) -> str:
 FLAGS = flags.FLAGS
 
 
-def _exit_on_sigterm(signum, frame):
-  del frame
-  raise SystemExit(128 + signum)   # unwinds, so the run's wall time is recorded; rerun to resume
+def _stop_on_sigterm(signum, frame):
+  del signum, frame
+  raise preemption.Preempted("Stopped by SIGTERM.")   # unwinds, so the run's wall time is recorded
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  signal.signal(signal.SIGTERM, _exit_on_sigterm)
+  signal.signal(signal.SIGTERM, _stop_on_sigterm)
   cache = FLAGS.compilation_cache or str(epath.Path(FLAGS.workdir) / "xla_cache")
   runtime.setup(cache)
   bad = [p for p in FLAGS.phases if p not in PHASES]
   if bad:
     raise app.UsageError(f"--phases has {bad}; valid: {', '.join(PHASES)}.")
   from debias_jax.experiments import report  # pylint: disable=g-import-not-at-top,unused-import
-  path = run(FLAGS.config, FLAGS.workdir, command=command_line(sys.argv), phases=tuple(FLAGS.phases))
+  try:
+    path = run(FLAGS.config, FLAGS.workdir, command=command_line(sys.argv), phases=tuple(FLAGS.phases))
+  except preemption.Preempted as e:
+    preemption.exit_preempted(e)
   logging.info("Report: %s", path)
   print(f"Report written to {path}")
 
@@ -508,8 +493,7 @@ def main(argv):
 def define_flags() -> None:
   """The command line's flags; defined only when run as a program, so importing this module next to
   debias_jax.main (which has its own --config and --workdir) never defines a flag twice."""
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file("config", None, "A configs/compare/*.py preset.", lock_config=True)
+  config_files.DEFINE_config_file("config", None, "A configs/compare/*.py preset.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory of the study; rerunning the same command resumes it.")
   flags.DEFINE_string("compilation_cache", "", "Persistent XLA compilation cache ('' = WORKDIR/xla_cache, "
                       "'none' = off).")
