@@ -22,6 +22,10 @@ from debias_jax import storage
 
 STATE_ITEM, CONFIG_ITEM = "default", "config"
 TMP_MARKER = ".orbax-checkpoint-tmp"
+# The files orbax writes for every checkpoint of the state (one ocdbt manifest and array metadata per process on
+# top): one missing means a partial copy or a damaged disk, even where orbax could still read the arrays.
+STATE_FILES = ("_CHECKPOINT_METADATA", f"{STATE_ITEM}/_METADATA", f"{STATE_ITEM}/_sharding",
+               f"{STATE_ITEM}/manifest.ocdbt")
 
 
 class CheckpointError(RuntimeError):
@@ -73,6 +77,7 @@ class Checkpointer:
     step = int(jax.device_get(state.step))
     if step in self._manager.all_steps():
       return False
+    self.wait()   # the previous save's failure, if any, is reported as its own (orbax would wait for it anyway)
     items = {STATE_ITEM: ocp.args.StandardSave(flax.serialization.to_state_dict(state))}
     if config is not None:
       items[CONFIG_ITEM] = ocp.args.JsonSave(config.to_dict() if hasattr(config, "to_dict") else dict(config))
@@ -117,6 +122,9 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"No checkpoint in {self.directory}.")
+    missing = self.missing_files(step)
+    if missing:
+      raise CheckpointError(self._damaged_message(step, FileNotFoundError(f"missing {', '.join(missing)}")))
     target = flax.serialization.to_state_dict(template)
     self._check_shapes(step, target)
     abstract = jax.tree.map(
@@ -127,6 +135,18 @@ class Checkpointer:
     except Exception as e:  # orbax raises many types for damaged files
       raise CheckpointError(self._damaged_message(step, e)) from e
     return flax.serialization.from_state_dict(template, restored)
+
+  def missing_files(self, step: int) -> list[str]:
+    """Which of the files every checkpoint of the state has are missing from the one at `step`."""
+    root = epath.Path(self.directory) / str(step)
+    missing = [name for name in STATE_FILES if not (root / name).exists()]
+    state = root / STATE_ITEM
+    for process in sorted(p.name for p in state.glob("ocdbt.process_*")) if state.exists() else []:
+      index = process.rsplit("_", 1)[-1]
+      for name in (f"{process}/manifest.ocdbt", f"array_metadatas/process_{index}"):
+        if not (state / name).exists():
+          missing.append(f"{STATE_ITEM}/{name}")
+    return missing
 
   def saved_config(self, step: int) -> dict | None:
     """The config saved with the checkpoint at `step`, or None for a checkpoint written without one."""

@@ -336,7 +336,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   pipeline.open_source(config.data)   # a missing dataset fails here, in seconds, leaving the workdir untouched
   with contextlib.ExitStack() as stack:
     stop = stack.enter_context(preemption.StopRequest())
-    lock = stack.enter_context(workdir_lock.WorkdirLock(workdir)) if jax.process_index() == 0 else None
+    lock = _lock_workdir(workdir)
+    if lock is not None:
+      stack.callback(lock.release)
     directory = checkpointing.checkpoint_dir(workdir)
     if jax.process_index() == 0:
       checkpointing.remove_unfinished_saves(directory)
@@ -359,6 +361,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       raise
     checkpointer.close()
   return state
+
+
+def _lock_workdir(workdir: str) -> workdir_lock.WorkdirLock | None:
+  """Process 0 locks the workdir for this run (one trainer per workdir); every process raises if it could not."""
+  lock, error = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = workdir_lock.WorkdirLock(workdir).acquire()
+    except workdir_lock.WorkdirLockError as e:
+      error = e
+  if jax.process_count() > 1 and bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None))):
+    if lock is not None:
+      lock.release()
+    raise error or workdir_lock.WorkdirLockError(
+        f"Process 0 could not lock {workdir} (another trainer holds it); its log names the holder.")
+  if error is not None:
+    raise error
+  return lock
 
 
 def _close_quietly(checkpointer, error: BaseException) -> None:

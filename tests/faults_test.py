@@ -151,7 +151,7 @@ class SigtermTest(absltest.TestCase):
       if re.search(line_pattern, line):
         proc.send_signal(signal.SIGTERM)
         sent = time.monotonic()
-        rest, _ = proc.communicate(timeout=60)
+        _, rest = proc.communicate(timeout=60)
         self.log = "".join(log) + rest
         return time.monotonic() - sent
       if time.monotonic() > deadline:
@@ -200,7 +200,7 @@ class InProcessFaultsTest(parameterized.TestCase):
     workdir = self.copy("changed")
     changed = {**self.overrides, "train.num_steps": 6, "loss.target": "v", "loss.weighting": "constant",
                "diffusion.schedule": "cosine", "model.dropout": 0.1}
-    before = {p: p.read_bytes() for p in epath.Path(workdir).rglob("*") if p.is_file()}
+    before = {p: p.read_bytes() for p in pathlib.Path(workdir).rglob("*") if p.is_file()}
     with mock.patch.object(train._Loop, "__init__", side_effect=AssertionError("compiled")):
       with self.assertRaises(config_checks.ConfigError) as caught:
         train.train_and_evaluate(config(**changed), workdir)
@@ -210,7 +210,7 @@ class InProcessFaultsTest(parameterized.TestCase):
                  "config.diffusion.schedule: trained with 'linear', given 'cosine'",
                  "config.model.dropout: trained with 0.0, given 0.1", "allow_config_change=True"):
       self.assertIn(line, message)
-    after = {p: p.read_bytes() for p in epath.Path(workdir).rglob("*") if p.is_file()}
+    after = {p: p.read_bytes() for p in pathlib.Path(workdir).rglob("*") if p.is_file()}
     self.assertEqual(after, before)   # nothing written, config.json untouched
 
     state = train.train_and_evaluate(config(**changed, allow_config_change=True), workdir)
@@ -277,8 +277,8 @@ class InProcessFaultsTest(parameterized.TestCase):
                              capture_output=True).returncode == 0
     try:
       if mounted:   # a real full disk: the workdir (one checkpoint) on a tmpfs with room for less than two
-        workdir = shutil.copytree(workdir, os.path.join(disk, "run"))
-        shutil.rmtree(os.path.join(workdir, "checkpoints", "2"))
+        workdir = shutil.copytree(workdir, os.path.join(disk, "run"),
+                                  ignore=lambda folder, names: ["2"] if folder.endswith("checkpoints") else [])
         patch = contextlib.nullcontext()
       else:         # no tmpfs allowed: a file system whose writes of checkpoint metadata raise ENOSPC
         original = epath.Path.write_text
