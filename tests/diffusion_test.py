@@ -108,7 +108,7 @@ class RespacingTest(parameterized.TestCase):
 
 
 class TargetIdentityTest(parameterized.TestCase):
-  """PAPER.md §3 on random tensors."""
+  """The identities between the targets, on random tensors."""
 
   def test_error_identities(self):
     x0, eps, steps, perturbation = _random_batch(0)
@@ -152,7 +152,7 @@ class WeightingTest(parameterized.TestCase):
 
   def test_debias_known_values_on_the_linear_schedule(self):
     w = weighting.loss_weights(LINEAR, "debias")
-    # To every digit PAPER.md quotes (157.407 is itself rounded: 1e-6 relative would ask for digits not given).
+    # To every digit the paper quotes (157.407 is itself rounded: 1e-6 relative would ask for digits not given).
     self.assertEqual(round(w[0], 7), 0.0100005)
     self.assertEqual(round(w[99], 6), 0.338828)
     self.assertEqual(round(w[999], 3), 157.407)

@@ -43,7 +43,9 @@ class EveryModeOnAnObjectStoreTest(absltest.TestCase):
   def test_training_writes_the_same_run(self):
     self.assertEqual(self.remote["checkpoints"], ["2", "4"])
     self.assertEqual(self.remote["checkpoints"], self.local["checkpoints"])
-    self.assertEqual(self.remote["metrics"], self.local["metrics"])   # bit-identical training
+    timing = {"steps_per_second"}   # wall-clock: differs between any two runs
+    untimed = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]
+    self.assertEqual(untimed(self.remote["metrics"]), untimed(self.local["metrics"]))   # bit-identical training
     self.assertEqual([r["step"] for r in self.remote["metrics"]], [2, 4])
     self.assertEqual(self.remote["config"], self.local["config"])
     self.assertEqual(self.remote["top"], self.local["top"])
@@ -78,8 +80,7 @@ class EveryModeOnAnObjectStoreTest(absltest.TestCase):
 
 # Modules that touch only local files by design: the package's own sources and configs, /proc, XLA settings, the
 # workdir lock's local-disk branch.
-LOCAL_BY_DESIGN = {"multihost.py", "xla_cpu.py", "config_files.py", "workdir_lock.py", "benchmark.py",
-                   "benchmark_torch.py", "runtime.py"}
+LOCAL_BY_DESIGN = {"multihost.py", "xla_cpu.py", "config_files.py", "workdir_lock.py", "runtime.py"}
 FILE_SYSTEM_CALLS = {"exists", "isdir", "isfile", "makedirs", "listdir", "remove", "replace", "rename", "fdopen",
                      "stat", "abspath", "mkdir", "unlink"}
 
@@ -89,7 +90,7 @@ class NoLocalOnlyFileCallsTest(absltest.TestCase):
   def test_workdir_code_goes_through_epath(self):
     offenders = []
     for path in sorted((REPO / "debias_jax").rglob("*.py")):
-      if path.name in LOCAL_BY_DESIGN or "configs" in path.parts:
+      if path.name in LOCAL_BY_DESIGN or path.name.startswith("benchmark") or "configs" in path.parts:
         continue
       for node in ast.walk(ast.parse(path.read_text())):
         if not isinstance(node, ast.Call):

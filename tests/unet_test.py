@@ -37,7 +37,7 @@ def _config(**overrides):
 
 
 def _paper_config(image_size, channel_mult, num_classes, **overrides):
-  """The paper's lightweight ADM (shared/PAPER.md §5)."""
+  """The paper's lightweight ADM (as the authors trained it)."""
   kwargs = dict(model_channels=128, num_res_blocks=1, attention_resolutions=(16,), num_heads=1,
                 num_head_channels=64, resblock_updown=True, use_scale_shift_norm=True, learn_sigma=True,
                 channel_mult=channel_mult, data_image_size=image_size, data_channels=3,

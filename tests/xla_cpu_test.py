@@ -1,4 +1,5 @@
-"""The entry points' XLA:CPU setting: 512-bit vectors on AVX-512 CPUs, never overriding the user's choice."""
+"""The entry points' XLA:CPU settings: 512-bit vectors on AVX-512 CPUs and the cores as devices, never overriding
+the user's choice."""
 
 import os
 import tempfile
@@ -35,6 +36,33 @@ class PreferWideVectorsTest(absltest.TestCase):
       before = dict(environ)
       self.assertFalse(xla_cpu.prefer_wide_vectors(environ, path))
       self.assertEqual(environ, before)
+
+
+class CoresAsDevicesTest(absltest.TestCase):
+
+  def test_the_most_devices_that_divide_every_batch(self):
+    self.assertEqual(xla_cpu.device_count_for((64, 64, 128), cores=2), 2)
+    self.assertEqual(xla_cpu.device_count_for((64, 64, 128), cores=16), 16)
+    self.assertEqual(xla_cpu.device_count_for((48, 36), cores=16), 12)
+    self.assertEqual(xla_cpu.device_count_for((7, 64), cores=8), 1)
+    self.assertEqual(xla_cpu.device_count_for((64,), cores=0), 1)
+
+  def test_added_after_the_users_flags(self):
+    environ = {"XLA_FLAGS": "--xla_cpu_prefer_vector_width=512"}
+    self.assertEqual(xla_cpu.cores_as_devices((32, 16), environ, cores=4), 4)
+    self.assertEqual(environ["XLA_FLAGS"],
+                     "--xla_cpu_prefer_vector_width=512 --xla_force_host_platform_device_count=4")
+
+  def test_left_alone_on_one_core_for_odd_batches_or_when_the_user_chose(self):
+    for environ, batches, cores, expected in (({}, (64,), 1, 1), ({}, (63,), 2, 1),
+                                              ({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+                                               (64,), 2, None)):
+      before = dict(environ)
+      self.assertEqual(xla_cpu.cores_as_devices(batches, environ, cores=cores), expected)
+      self.assertEqual(environ, before)
+
+  def test_the_cores_this_process_may_use(self):
+    self.assertEqual(xla_cpu.usable_cores(), len(os.sched_getaffinity(0)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The bias of a denoiser, measured per noise level (shared/PAPER.md section 7): pure functions, jitted.
+"""The bias of a denoiser, measured per noise level (the paper's central claim): pure functions, jitted.
 
 A model's x0 estimate is x0_hat(x_t, t) = predict_x0(model output); on data x0 with fresh noise eps, bucket by bucket
 of timesteps, we measure

@@ -1,4 +1,4 @@
-"""Colour (mean) shift of samples: per-image channel means of samples against the data's (PAPER.md section 6-7).
+"""Colour (mean) shift of samples: per-image channel means of samples against the data's (the paper's colour shift at few steps).
 
 Values are on the 0-255 scale of saved images, as the paper reports them (natural faces sit near R-G = +17..+25,
 B-G = -10..+5; a constant-weight model at 2-10 steps reaches B-G = +99). Inputs are NHWC images, uint8 or floats

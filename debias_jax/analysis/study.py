@@ -1,4 +1,4 @@
-"""`--mode analyze`: the paper's bias study of one checkpoint (shared/PAPER.md section 7).
+"""`--mode analyze`: the paper's bias study of one checkpoint.
 
     python -m debias_jax.main --mode=analyze --config=configs/default.py --workdir=DIR
 
@@ -240,7 +240,7 @@ HIGH_NOISE_SNR, LOW_NOISE_SNR, FEW_STEPS = 0.1, 1.0, 10
 
 
 def summarize(result: dict) -> dict[str, float]:
-  """Headline numbers (PAPER.md section 7's predictions): errors at high noise (bucket SNR < 0.1) and low noise
+  """Headline numbers (what the paper predicts): errors at high noise (bucket SNR < 0.1) and low noise
   (SNR >= 1), the first-step distance from the data mean, and the largest channel shift of samples with at most
   10 steps."""
   rows = result["x0_error"]["buckets"]

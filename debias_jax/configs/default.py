@@ -87,8 +87,9 @@ def get_config():
   train.keep_checkpoints = 3
 
   config.sampling = sampling = ml_collections.ConfigDict()
-  sampling.sampler = "ddim"       # ddpm | ddim | dpm_solver++ | dpm_solver | unipc ...
-  sampling.steps = "50"           # an int or a respacing string ("100", "ddim50", "10,15,20")
+  sampling.sampler = "ddpm"       # ddpm | ddim | dpm_solver++ | dpm_solver | unipc ...
+  sampling.steps = "100"          # an int or a respacing string ("100", "ddim50", "10,15,20"); DDPM on 100
+                                  # respaced steps with the learned variances is how the authors sampled
   sampling.clip_x0 = True
   sampling.eta = 0.0
   sampling.num_samples = 64
@@ -112,7 +113,7 @@ def get_config():
   ev.checkpoint_steps = ()        # --mode eval: checkpoints to evaluate (() = every one in the workdir)
   ev.sampler_steps = ()           # --mode eval: ("ddim:50", "ddpm:100", ...); () = sampling.sampler:sampling.steps
 
-  config.analysis = analysis = ml_collections.ConfigDict()   # --mode analyze: the bias study (PAPER.md section 7)
+  config.analysis = analysis = ml_collections.ConfigDict()   # --mode analyze: the paper's study of the bias
   analysis.checkpoint_step = -1   # -1 = the latest
   analysis.num_examples = 1024    # data examples for the per-t errors (each seen once in every t bucket)
   analysis.num_buckets = 10

@@ -16,6 +16,7 @@ def get_config():
   config.train.log_every = 10
   config.train.checkpoint_every = 10
   config.train.sample_every = 0
+  config.sampling.sampler = "ddim"   # the tests' sample and eval files are named after it
   config.sampling.steps = "10"
   config.sampling.num_samples = 16
   config.sampling.batch_size = 16

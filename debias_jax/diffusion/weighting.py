@@ -1,6 +1,6 @@
 """Loss weightings over timesteps, defined once in eps-space and converted to the trained target.
 
-The MSE of the three targets differ by exact factors (PAPER.md §3):
+The MSE of the three targets differ by exact factors (from x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps):
     ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2,   ||v - v_hat||^2 = (1 + SNR) ||x0 - x0_hat||^2.
 So an eps-space weight w gives the same objective as the weight w * SNR on the x0-MSE and w * SNR / (1 + SNR)
 on the v-MSE; `loss_weights` returns the per-step weight for the target being trained.

@@ -1,4 +1,4 @@
-"""The paper's comparisons (shared/PAPER.md section 6) with one command, resumable, ending in a REPORT.md.
+"""The comparisons of Yu et al., ECCV 2024, with one command, resumable, ending in a REPORT.md.
 
     python -m debias_jax.experiments.compare --config configs/compare/quick.py --workdir DIR
 
@@ -52,6 +52,7 @@ from debias_jax import runtime
 from debias_jax import sampling
 from debias_jax import storage
 from debias_jax import train
+from debias_jax import xla_cpu
 from debias_jax.analysis import study as analysis_study
 from debias_jax.diffusion import targets
 from debias_jax.diffusion import weighting
@@ -77,7 +78,7 @@ class Arm:
     return self.name.replace("@", "-at-")
 
 
-# The arms a researcher expects (PAPER.md section 4). x0 and v are prediction targets; their weights:
+# The arms a researcher expects (the ones the paper compares). x0 and v are prediction targets; their weights:
 #  - x0: the standard x0 objective, an unweighted x0-MSE = weighting "snr" (eps-space 1/SNR);
 #  - v: the debias objective in v form (v-MSE weight sqrt(SNR)/(1+SNR), x0-space sqrt(SNR)): the same objective
 #    as the debias arm with another network output, so it tests whether the gain is the weight's alone. The plain
@@ -476,6 +477,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   signal.signal(signal.SIGTERM, _stop_on_sigterm)
+  studies = [FLAGS.config.suite[name] for name in FLAGS.config.suite] if "suite" in FLAGS.config else [FLAGS.config]
+  xla_cpu.prefer_wide_vectors()   # before JAX starts its backends
+  xla_cpu.cores_as_devices([b for c in studies for b in (c.train.batch_size, c.sampling.batch_size,
+                                                          c.analysis.batch_size)])
   cache = FLAGS.compilation_cache or str(epath.Path(FLAGS.workdir) / "xla_cache")
   runtime.setup(cache)
   bad = [p for p in FLAGS.phases if p not in PHASES]

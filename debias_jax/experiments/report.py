@@ -1,6 +1,6 @@
 """REPORT.md of a comparison study, rebuilt from the results its phases saved (nothing is recomputed).
 
-The tables and figures are those of shared/PAPER.md section 6: the metric against training iterations, against
+The tables and figures are those of the paper's experiments: the metric against training iterations, against
 the number of sampling steps, the per-t x0 error and the colour shift of samples, plus on the Gaussian mixture the
 exact bias and exact sample quality. Each of the paper's claims gets a verdict computed from the numbers, with
 the Fréchet distance's own sampling noise (the same checkpoint scored with a second sample seed) as the yardstick
@@ -28,12 +28,12 @@ from debias_jax.experiments import compare
 
 FIGURES_DIR = "figures"
 DASH = "—"
-# The bias study's bands (PAPER.md section 7): debias should be clearly better below HIGH_NOISE_SNR; colour
+# The bias study's bands (what the paper predicts): debias should be clearly better below HIGH_NOISE_SNR; colour
 # shift is judged at the paper's 2-10 sampling steps.
 HIGH_NOISE_SNR = analysis_study.HIGH_NOISE_SNR
 LOW_NOISE_SNR = analysis_study.LOW_NOISE_SNR
 FEW_STEPS = analysis_study.FEW_STEPS
-# Weights in eps-space and x0-space (PAPER.md section 4), for the arms' descriptions.
+# Weights in eps-space and x0-space (diffusion/weighting.py), for the arms' descriptions.
 EPS_WEIGHT = {"constant": "1", "debias": "1/√SNR", "snr": "1/SNR", "p2": "1/(k+SNR)^γ", "min_snr": "min(SNR,γ)/SNR"}
 X0_WEIGHT = {"constant": "SNR", "debias": "√SNR", "snr": "1", "p2": "SNR/(k+SNR)^γ", "min_snr": "min(SNR,γ)"}
 ARM_NOTES = {
@@ -393,7 +393,7 @@ def x0_error_tables(study: Study) -> list[str]:
           ["channel shift of the mean prediction"] + [fmt(f.get("channel_shift")) for f in first]]
   if study.exact:
     rows.append(["exact bias at the first step (MSE)"] + [fmt(f.get("bias_mse")) for f in first])
-  out.append("The first sampling step, x̂0(x_T, T−1) on pure noise, against the data mean (PAPER.md §7):\n\n" +
+  out.append("The first sampling step, x̂0(x_T, T−1) on pure noise, against the data mean:\n\n" +
              markdown_table([""] + study.names, rows))
   return out
 
@@ -517,7 +517,7 @@ def verdicts(study: Study) -> list[list[str]]:
     v, d = study.eval_fd("v", study.last), study.eval_fd("debias", study.last)
     if v is not None and d is not None:
       rows.append(["target invariance: the debias objective as v-prediction ≈ as ε-prediction",
-                   "the weight, not the target, matters (PAPER.md §4)", f"{fmt(v)} vs {fmt(d)}",
+                   "the weight, not the target, matters", f"{fmt(v)} vs {fmt(d)}",
                    _compare_pair(v, d, noise) if _compare_pair(v, d, noise) == "within noise" else
                    "differs beyond noise" if noise is not None else "differs (noise unknown)"])
   return rows
@@ -576,8 +576,8 @@ def render(study: Study, current_run: dict | None = None, figures: bool = True) 
   """The report's markdown; figures=False leaves out the plots (cheap interim reports while a study runs)."""
   c = study.config
   sections = [f"# {c.compare.get('title', 'Comparison of loss weightings')}: `{c.data.name}`",
-              f"Reproduction of the comparisons of *Unmasking Bias in Diffusion Model Training* (ECCV 2024; "
-              f"shared/PAPER.md §6) at small scale: {len(study.arms)} arms with the same data "
+              f"Reproduction of the comparisons of *Unmasking Bias in Diffusion Model Training* (ECCV 2024) "
+              f"at small scale: {len(study.arms)} arms with the same data "
               f"(`{c.data.name}`, {c.data.image_size}×{c.data.image_size}×{c.data.channels}), seed {study.seed}, "
               f"model ({c.model.model_channels} channels, channel_mult {tuple(c.model.channel_mult)}, learned "
               f"variances: {bool(c.model.learn_sigma)}), optimiser (AdamW lr {c.optim.learning_rate:g}, batch "

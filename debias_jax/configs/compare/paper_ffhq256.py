@@ -5,7 +5,7 @@ FID-10k with the FID Inception-v3 from a local weight file.
     python -m debias_jax.experiments.compare --config configs/compare/paper_ffhq256.py --workdir gs://.../ffhq \
         --config.data.data_dir=/path/to/ffhq256 --config.eval.inception_weights=/path/to/inception.pkl
 
-PAPER.md section 6: FID-10k at 200k-1M iterations with DDPM-100 (the training-efficiency table), and against
+The paper's experiments: FID-10k at 200k-1M iterations with DDPM-100 (the training-efficiency table), and against
 20-1000 sampling steps at the 500k checkpoints (the sampling-efficiency table). The four eps weightings of the
 paper's figures; add "x0" and "v" to compare.arms for the prediction targets.
 """

@@ -1,4 +1,4 @@
-"""The authors' setup (PAPER.md §5): the lightweight ADM of guided-diffusion with learned variances and the
+"""The authors' setup (the paper's experiments and their released code): the lightweight ADM of guided-diffusion with learned variances and the
 hybrid loss, AdamW at 2e-5, no decay, no warm-up or clipping, float32, EMA 0.9999 every step, debias weighting.
 
 The dataset configs next to this file import `adm_config` and fill in the data section.
