@@ -270,22 +270,6 @@ def benchmark_sampler(config, mesh, model, schedule, params, *, sampler: str, st
   return out
 
 
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return ""
-
-
-def cpu_threads() -> int:
-  """CPUs this process may run on (its affinity): the threads XLA:CPU's pools get."""
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def run(config, *, train_steps: int = 10, warmup_calls: int = 1, sample_batches: int = 1,
         sample_warmup_batches: int = 1, sample_batch_size: int | None = None, ddim_steps: int = 50,
         ddpm_steps: int = 1000,
@@ -318,8 +302,8 @@ def run(config, *, train_steps: int = 10, warmup_calls: int = 1, sample_batches:
       "synthetic_data": True, "data_note": SYNTHETIC_NOTE,
       "system": {"platform": devices[0].platform, "device_kind": devices[0].device_kind,
                  "num_devices": len(devices), "num_processes": jax.process_count(),
-                 "jax_version": jax.__version__, "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
-                 "cpu_threads": cpu_threads(),
+                 "jax_version": jax.__version__, "cpu_model": xla_cpu.cpu_model(), "cpu_count": os.cpu_count(),
+                 "cpu_threads": xla_cpu.usable_cores(),
                  "load_average_start": list(os.getloadavg()), "xla_flags": os.environ.get("XLA_FLAGS", ""),
                  "matmul_precision": str(precision or "default")},
       "model": {"image_size": int(config.data.image_size), "channels": int(config.data.channels),

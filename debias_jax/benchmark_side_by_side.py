@@ -24,6 +24,7 @@ import subprocess
 import sys
 
 from debias_jax import benchmark_torch
+from debias_jax import xla_cpu
 
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_torch.py")
 
@@ -152,17 +153,10 @@ class JaxWorker:
 
 def system_info() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  return {"jax_version": jax.__version__, "cpu_model": _cpu_model(), "cpus": sorted(os.sched_getaffinity(0)),
+  return {"jax_version": jax.__version__, "cpu_model": xla_cpu.cpu_model(),
+          "cpus": sorted(os.sched_getaffinity(0)),
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "python": platform.python_version(),
           "device": str(jax.devices()[0].device_kind)}
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      return next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
-  except OSError:
-    return ""
 
 
 def serve_jax(config, threads: int):
@@ -231,7 +225,6 @@ class Worker:
 
 def worker_env(threads: int) -> dict:
   """The environment of a worker: the user's, with XLA's CPU settings (xla_cpu) and OpenMP at `threads`."""
-  from debias_jax import xla_cpu  # pylint: disable=g-import-not-at-top
   env = dict(os.environ)
   xla_cpu.prefer_wide_vectors(env)
   env.setdefault("OMP_NUM_THREADS", str(threads))

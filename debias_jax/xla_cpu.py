@@ -28,6 +28,15 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def cpu_model(cpuinfo_path: str = "/proc/cpuinfo") -> str:
+  """The CPU's model name, for reports of where a figure was measured ("" where /proc/cpuinfo is missing)."""
+  try:
+    with open(cpuinfo_path) as f:
+      return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+  except OSError:
+    return ""
+
+
 def device_count_for(batch_sizes, cores: int) -> int:
   """The most CPU devices, at most `cores`, that divide every one of the global batch sizes."""
   return max(n for n in range(1, max(1, cores) + 1) if all(int(b) % n == 0 for b in batch_sizes))

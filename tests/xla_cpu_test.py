@@ -61,6 +61,10 @@ class CoresAsDevicesTest(absltest.TestCase):
       self.assertEqual(xla_cpu.cores_as_devices(batches, environ, cores=cores), expected)
       self.assertEqual(environ, before)
 
+  def test_the_cpu_model_named_in_reports(self):
+    self.assertEqual(xla_cpu.cpu_model(cpuinfo("avx512f")), "Test CPU")
+    self.assertEqual(xla_cpu.cpu_model("/nonexistent/cpuinfo"), "")
+
   def test_the_cores_this_process_may_use(self):
     self.assertEqual(xla_cpu.usable_cores(), len(os.sched_getaffinity(0)))
 
