@@ -160,31 +160,9 @@ def system_info() -> dict:
 
 
 def serve_jax(config, threads: int):
-  """The JAX worker: the same protocol as benchmark_torch.serve."""
-  def reply(obj):
-    sys.stdout.write(benchmark_torch.RESULT_PREFIX + json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
+  """The JAX worker, answering benchmark_torch.serve's protocol."""
   worker = JaxWorker(config)
-  reply({"ready": True, "system": system_info(), "params": worker.params, "threads": threads})
-  for line in sys.stdin:
-    if not line.strip():
-      continue
-    cmd = json.loads(line)
-    op = cmd.get("op")
-    if op == "quit":
-      break
-    if op == "train":
-      reply(worker.time_train(int(cmd.get("steps", 3)), int(cmd.get("warmup", 1))))
-    elif op == "ddim":
-      reply(worker.time_ddim(int(cmd["steps"]), int(cmd["batch"]), int(cmd.get("batches", 1)),
-                             int(cmd.get("warmup", 1))))
-    elif op == "profile_train":
-      reply(worker.profile_train())
-    elif op == "profile_ddim":
-      reply(worker.profile_ddim(int(cmd["steps"]), int(cmd["batch"])))
-    else:
-      reply({"error": f"unknown op {op!r}"})
+  benchmark_torch.serve(worker, system=system_info(), params=worker.params, threads=threads)
 
 
 # ----------------------------------------------------------------------------------------------------------------

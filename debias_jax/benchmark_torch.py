@@ -136,6 +136,12 @@ class Reference:
     return {"steps": steps, "batch_size": batch, "batches": batches, "seconds": seconds,
             "process_cpu_seconds": cpu_seconds, "images_per_s": batches * batch / seconds}
 
+  def profile_train(self) -> dict:
+    return self.profile(self.train_step)
+
+  def profile_ddim(self, steps: int, batch: int) -> dict:
+    return self.profile(lambda: self._ddim(steps, batch, 0))
+
   def profile(self, fn) -> dict:
     """Self CPU time per operator category of one call of fn (after one untimed call), in milliseconds."""
     from torch import profiler  # pylint: disable=g-import-not-at-top
@@ -174,14 +180,17 @@ def system_info() -> dict:
           "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
 
 
-def serve(reference: Reference, stdin=sys.stdin, stdout=sys.stdout):
-  """Answers JSON commands, one per line, until {"op": "quit"} or end of input."""
+def serve(worker, stdin=sys.stdin, stdout=sys.stdout, **hello):
+  """Answers JSON commands, one per line, until {"op": "quit"} or end of input: the protocol of both workers.
+
+  `worker` has time_train, time_ddim, profile_train and profile_ddim; the first line sent, {"ready": true,
+  **hello}, says what it runs.
+  """
   def reply(obj):
     stdout.write(RESULT_PREFIX + json.dumps(obj) + "\n")
     stdout.flush()
 
-  reply({"ready": True, "system": reference.system_info(), "params": reference.params,
-         "ignored_spec_keys": reference.ignored})
+  reply({"ready": True, **hello})
   for line in stdin:
     if not line.strip():
       continue
@@ -190,14 +199,14 @@ def serve(reference: Reference, stdin=sys.stdin, stdout=sys.stdout):
     if op == "quit":
       break
     if op == "train":
-      reply(reference.time_train(int(cmd.get("steps", 3)), int(cmd.get("warmup", 1))))
+      reply(worker.time_train(int(cmd.get("steps", 3)), int(cmd.get("warmup", 1))))
     elif op == "ddim":
-      reply(reference.time_ddim(int(cmd["steps"]), int(cmd["batch"]), int(cmd.get("batches", 1)),
-                                int(cmd.get("warmup", 1))))
+      reply(worker.time_ddim(int(cmd["steps"]), int(cmd["batch"]), int(cmd.get("batches", 1)),
+                             int(cmd.get("warmup", 1))))
     elif op == "profile_train":
-      reply(reference.profile(reference.train_step))
+      reply(worker.profile_train())
     elif op == "profile_ddim":
-      reply(reference.profile(lambda: reference._ddim(int(cmd["steps"]), int(cmd["batch"]), 0)))  # pylint: disable=protected-access
+      reply(worker.profile_ddim(int(cmd["steps"]), int(cmd["batch"])))
     else:
       reply({"error": f"unknown op {op!r}"})
 
@@ -213,7 +222,7 @@ def main(argv=None):
   spec = json.loads(args.spec) if args.spec.lstrip().startswith("{") else json.load(open(args.spec))
   reference = Reference(args.checkout, spec, args.threads)
   if args.serve:
-    serve(reference)
+    serve(reference, system=reference.system_info(), params=reference.params, ignored_spec_keys=reference.ignored)
   else:
     print(json.dumps({"system": system_info(), "train": reference.time_train(args.train_steps)}, indent=2))
 

@@ -54,11 +54,6 @@ class TorchSpecTest(absltest.TestCase):
 
 
 class _FakeReference:
-  params = 7
-  ignored = ["predict_v"]
-
-  def system_info(self):
-    return {"torch_version": "fake"}
 
   def time_train(self, steps, warmup):
     return {"images_per_s": 10.0 * steps, "warmup": warmup}
@@ -75,7 +70,8 @@ class ProtocolTest(absltest.TestCase):
                                    json.dumps({"op": "nonsense"}), json.dumps({"op": "quit"}),
                                    json.dumps({"op": "train"})]) + "\n")
     stdout = io.StringIO()
-    benchmark_torch.serve(_FakeReference(), stdin, stdout)
+    benchmark_torch.serve(_FakeReference(), stdin, stdout, system={"torch_version": "fake"}, params=7,
+                          ignored_spec_keys=["predict_v"])
     lines = stdout.getvalue().splitlines()
     self.assertTrue(all(l.startswith(benchmark_torch.RESULT_PREFIX) for l in lines))
     replies = [json.loads(l[len(benchmark_torch.RESULT_PREFIX):]) for l in lines]
