@@ -41,7 +41,7 @@ def config(*layers: Mapping[str, Any], base: str = "tiny", **overrides) -> ml_co
   return result
 
 
-def section(name: str, base: str = "tiny", **fields) -> ml_collections.ConfigDict:
+def section(name: str, /, *, base: str = "tiny", **fields) -> ml_collections.ConfigDict:
   """Section `name` ("data", "eval", ...) of configs/<base>.py's config, with its fields overridden by keyword."""
   return config({f"{name}.{k}": v for k, v in fields.items()}, base=base)[name]
 
