@@ -1,5 +1,7 @@
 """The bias study: exact-denoiser known answers on the Gaussian mixture, colour-shift identities, and --mode analyze."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import json
 import os
 import tempfile
@@ -19,8 +21,7 @@ from debias_jax.data import gmm as gmm_lib
 from debias_jax.data import pipeline
 from debias_jax.diffusion.schedules import Schedule
 from debias_jax.models import unet
-from tests.generate_test import small_config
-from tests.generate_test import write_checkpoint
+from tests import test_util
 
 SCHEDULE = Schedule.named("linear", 1000)
 BUCKETS = bias.make_buckets(SCHEDULE, 5)
@@ -185,13 +186,13 @@ class AnalyzeModeTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.config = small_config(**{
+    cls.config = test_util.config(test_util.SAMPLING, {
         "data.name": "gmm", "analysis.num_examples": 50, "analysis.num_buckets": 4, "analysis.batch_size": 8,
         "analysis.num_samples": 20, "analysis.sampling_steps": (2, 3)})
     cls.workdir = tempfile.mkdtemp()
     shapes = unet.param_shapes(unet.create_model(cls.config))
     zeros = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes)
-    write_checkpoint(cls.config, cls.workdir, steps=(7,), params=zeros)
+    test_util.write_checkpoint(cls.config, cls.workdir, steps=(7,), params=zeros)
     cls.result = study.analyze(cls.config, cls.workdir)
     images = np.concatenate([b["image"][b["mask"]] for b in pipeline.create_eval_iterator(
         cls.config.data, batch_size=50, num_examples=50)])
@@ -241,9 +242,9 @@ class AnalyzeModeTest(absltest.TestCase):
 
   def test_bad_analysis_config_is_named(self):
     with self.assertRaisesRegex(config_checks.ConfigError, "analysis.sampling_steps has 2000"):
-      study.check_analysis_config(small_config(**{"analysis.sampling_steps": (2000,)}), 1)
+      study.check_analysis_config(test_util.config(test_util.SAMPLING, {"analysis.sampling_steps": (2000,)}), 1)
     with self.assertRaisesRegex(config_checks.ConfigError, "analysis.batch_size=30 is not divisible by the 8"):
-      study.check_analysis_config(small_config(**{"analysis.batch_size": 30}), 8)
+      study.check_analysis_config(test_util.config(test_util.SAMPLING, {"analysis.batch_size": 30}), 8)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Side-by-side benchmark: the guided-diffusion spec of a config, the worker protocol, the per-category profile,
 and the driver end to end on our side (the PyTorch side needs torch and a guided-diffusion checkout)."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import io
 import json
 import os
@@ -19,8 +21,8 @@ from debias_jax import benchmark_profile
 from debias_jax import benchmark_side_by_side
 from debias_jax import benchmark_torch
 from debias_jax.models import unet
+from tests import test_util
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class TorchSpecTest(absltest.TestCase):
@@ -148,7 +150,7 @@ class DriverTest(absltest.TestCase):
           [sys.executable, "-m", "debias_jax.benchmark_side_by_side", "--config", "configs/tiny.py",
            "--rounds", "2", "--train_steps", "1", "--ddim_steps", "2", "--sample_batch_size", "4",
            "--threads", "1", "--output", out],
-          cwd=REPO, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+          cwd=test_util.REPO, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
       self.assertEqual(proc.returncode, 0, proc.stderr[-3000:] + proc.stdout[-2000:])
       with open(out) as f:
         results = json.load(f)

@@ -1,5 +1,7 @@
 """Throughput benchmark: every figure reported at toy size, the peak table, and bfloat16 training vs float32."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import contextlib
 import io
 import json
@@ -14,25 +16,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import tiny
 from debias_jax import benchmark
 from debias_jax import parallel
 from debias_jax import sampling
 from debias_jax.diffusion import losses
 from debias_jax.diffusion import weighting
 from debias_jax.models import unet
+from tests import test_util
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # bfloat16's unit roundoff is 2**-9 ~ 2e-3; the tiny model's loss after a few steps must agree with float32's to
 # half of that (relative): GroupNorm statistics, softmax, the output head and the loss are float32, so only the
 # torso's rounding (~1e-4 of the loss here) may show. A loss computed or accumulated in bfloat16 would not pass.
 BF16_RELATIVE_TOLERANCE = 1e-3
-
-
-def tiny_config(dtype="float32"):
-  config = tiny.get_config()
-  config.model.dtype = dtype
-  return config
 
 
 def fixed_loss(config, params, images):
@@ -68,7 +63,7 @@ class BenchmarkTest(parameterized.TestCase):
     mesh = parallel.create_mesh()
     states = {}
     for dtype in ("float32", "bfloat16"):
-      config = tiny_config(dtype)
+      config = test_util.config(**{"model.dtype": dtype})
       model, schedule = unet.create_model(config), sampling.training_schedule(config)
       figures, states[dtype] = benchmark.benchmark_train(config, mesh, model, schedule, steps=3, warmup_calls=1,
                                                          log=lambda _: None)
@@ -77,11 +72,11 @@ class BenchmarkTest(parameterized.TestCase):
         if jnp.issubdtype(leaf.dtype, jnp.floating):
           self.assertEqual(leaf.dtype, jnp.float32)
     self.assertEqual(int(states["bfloat16"].step), 4)
-    images = benchmark.synthetic_batch(tiny_config(), mesh, 16, 1)["image"]
-    init = unet.init_params(unet.create_model(tiny_config()), jax.random.key(tiny_config().seed))
-    before = float(fixed_loss(tiny_config(), init, images))
-    loss32 = fixed_loss(tiny_config("float32"), states["float32"].params, images)
-    loss16 = fixed_loss(tiny_config("bfloat16"), states["bfloat16"].params, images)
+    images = benchmark.synthetic_batch(test_util.config(), mesh, 16, 1)["image"]
+    init = unet.init_params(unet.create_model(test_util.config()), jax.random.key(test_util.config().seed))
+    before = float(fixed_loss(test_util.config(), init, images))
+    loss32 = fixed_loss(test_util.config(**{"model.dtype": "float32"}), states["float32"].params, images)
+    loss16 = fixed_loss(test_util.config(**{"model.dtype": "bfloat16"}), states["bfloat16"].params, images)
     self.assertEqual(loss16.dtype, jnp.float32)
     loss32, loss16 = float(loss32), float(loss16)
     self.assertNotEqual(loss16, loss32)   # bfloat16 really ran
@@ -122,14 +117,14 @@ class BenchmarkTest(parameterized.TestCase):
   @parameterized.parameters(("train_steps", 0), ("sample_batches", -1), ("ddpm_steps", 1.5))
   def test_bad_arguments_are_named(self, name, value):
     with self.assertRaisesRegex(ValueError, name):
-      benchmark.run(tiny_config(), **{name: value})
+      benchmark.run(test_util.config(), **{name: value})
 
   def test_command_line_reports_every_figure(self):
     """The command line (in process) on the tiny config: 3 timed steps, DDIM-50 and DDPM cut to 2 steps."""
-    config = tiny_config()
+    config = test_util.config()
     with tempfile.TemporaryDirectory() as tmp:
       out = os.path.join(tmp, "bench.json")
-      argv = ["benchmark", "--config", os.path.join(REPO, "configs", "tiny.py"), "--train_steps", "3",
+      argv = ["benchmark", "--config", os.path.join(test_util.REPO, "configs", "tiny.py"), "--train_steps", "3",
               "--sample_batch_size", "4", "--sample_warmup_batches", "0", "--ddpm_steps", "2",
               "--config.model.dtype=float32", "--output", out]
       flag_values = benchmark.define_flags(flags.FlagValues(), argv)
@@ -175,7 +170,7 @@ class BenchmarkTest(parameterized.TestCase):
 
     for text in ("Training (CPU)", "Sampling DDIM (CPU)", "Sampling DDPM (CPU)", "synthetic", "loss dtype",
                  "GFLOPs per image", "peak memory", "images/s at 1000 steps", benchmark._num(t["images_per_s"]),
-                 benchmark.readme_row(results, os.path.join(REPO, "configs", "tiny.py")
+                 benchmark.readme_row(results, os.path.join(test_util.REPO, "configs", "tiny.py")
                                       + " --config.model.dtype=float32")):
       self.assertIn(text, stdout)
     self.assertIn("(from DDPM-2)", benchmark.readme_row(results, "configs/tiny.py"))

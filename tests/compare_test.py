@@ -1,5 +1,7 @@
 """The comparison driver: the quick preset end to end at toy size, resumption, and the report's verdict logic."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import copy
 import json
 import os
@@ -11,40 +13,15 @@ from unittest import mock
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from configs.compare import quick
 from debias_jax import config_checks
 from debias_jax import jsonl
 from debias_jax import train
 from debias_jax.analysis import study as analysis_study
 from debias_jax.experiments import compare
 from debias_jax.experiments import report
+from tests import test_util
 
 NUMBER = re.compile(r"^\**[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\**(/[+-]?\d+(\.\d*)?)*$")
-
-
-def toy_quick_config(cache_dir: str):
-  """configs/compare/quick.py shrunk to seconds: three arms (two weightings and another target, so two sets of
-  sampler programs), a few steps, a handful of samples, fixed variances (a cheaper program to compile)."""
-  config = quick.get_config()
-  config.compare.arms = ("constant", "debias", "v")
-  config.model.learn_sigma = False
-  config.train.num_steps = 4
-  config.train.batch_size = 8
-  config.model.channel_mult = (1,)
-  config.compare.num_checkpoints = 2
-  config.compare.eval_sampler = "ddim:2"
-  config.compare.sweep = ("ddim:2", "ddpm:3")
-  config.eval.feature_space = "pixels"
-  config.eval.num_reference = 64
-  config.eval.cache_dir = cache_dir
-  config.eval.num_samples = 8
-  config.analysis.num_examples = 16
-  config.analysis.num_buckets = 4
-  config.analysis.sampling_steps = (2,)
-  config.analysis.num_samples = 8
-  config.analysis.batch_size = 8
-  config.sampling.batch_size = 8
-  return config
 
 
 def markdown_tables(text: str) -> list[list[list[str]]]:
@@ -72,7 +49,7 @@ class QuickPresetEndToEndTest(absltest.TestCase):
     super().setUpClass()
     cls.tmp = tempfile.mkdtemp()
     cls.workdir = os.path.join(cls.tmp, "study")
-    cls.config = toy_quick_config(cls.tmp)
+    cls.config = test_util.toy_study_config(cls.tmp)
     cls.path = compare.run(cls.config, cls.workdir, command="python -m debias_jax.experiments.compare --test")
     with open(cls.path) as f:
       cls.text = f.read()
@@ -189,7 +166,7 @@ class ConfigTest(parameterized.TestCase):
         compare.parse_arm(bad)
 
   def test_checkpoint_steps_and_arm_config(self):
-    config = toy_quick_config("")
+    config = test_util.toy_study_config("")
     config.train.num_steps, config.compare.num_checkpoints = 500, 5
     self.assertEqual(compare.checkpoint_steps(config), [100, 200, 300, 400, 500])
     arm = compare.arm_config(config, compare.ARMS["min_snr"])
@@ -207,13 +184,13 @@ class ConfigTest(parameterized.TestCase):
   @parameterized.parameters(("ddim20", "sweep"), ("ddim:", "sweep"), ("ddim:ddim20", "eval_sampler"),
                             ("warp:20", "sweep"))
   def test_bad_sampler_entries_are_named(self, entry, field):
-    config = toy_quick_config("")
+    config = test_util.toy_study_config("")
     config.compare[field] = (entry,) if field == "sweep" else entry
     with self.assertRaisesRegex(config_checks.ConfigError, f"compare.{field}|sampler_steps"):
       compare.validate_study(config)
 
   def test_presets_validate(self):
-    from configs.compare import digits, full, gmm, photo_patches  # pylint: disable=g-import-not-at-top
+    from configs.compare import digits, full, gmm, photo_patches, quick  # pylint: disable=g-import-not-at-top
     for module in (quick, digits, photo_patches, gmm):
       compare.validate_study(module.get_config())
     self.assertEqual(set(full.get_config().suite.keys()), {"digits", "photo_patches", "gmm"})
@@ -246,7 +223,7 @@ class VerdictTest(parameterized.TestCase):
   def _study(self, debias, constant, noise):
     workdir = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, workdir, ignore_errors=True)
-    config = toy_quick_config("")
+    config = test_util.toy_study_config("")
     config.compare.arms = ("constant", "debias")
     config.compare.sweep = ()
     for arm, fds in (("debias", debias), ("constant", constant)):
@@ -268,7 +245,7 @@ class VerdictTest(parameterized.TestCase):
   def test_missing_results_show_as_dashes(self):
     workdir = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, workdir, ignore_errors=True)
-    config = toy_quick_config("")
+    config = test_util.toy_study_config("")
     _write_results(workdir, "debias", [1.5], (2,))
     text = report.render(report.Study(config, workdir))
     table = markdown_tables(text.split("## Metric vs training iterations")[1])[0]

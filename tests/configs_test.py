@@ -5,6 +5,8 @@ configs/ is a link to the packaged folder.
 One subprocess (cwd: a temporary folder, the repository not importable) loads and validates all of them.
 """
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import glob
 import json
 import os
@@ -15,8 +17,8 @@ import tempfile
 from absl.testing import absltest
 
 from debias_jax import config_files
+from tests import test_util
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Modules under configs/ that other configs import and that have no get_config() themselves.
 HELPERS = {"configs/paper/adm.py", "configs/compare/base.py"}
 
@@ -83,16 +85,17 @@ print("REPORT " + json.dumps(report))
 class ConfigFilesTest(absltest.TestCase):
 
   def test_available_lists_every_config_file(self):
-    files = {os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)
-             if not os.path.basename(p).startswith("_")}
+    paths = glob.glob(os.path.join(test_util.REPO, "configs", "**", "*.py"), recursive=True)
+    files = {os.path.relpath(p, test_util.REPO) for p in paths if not os.path.basename(p).startswith("_")}
     self.assertEqual(set(config_files.available()), files - HELPERS)
     self.assertLen(config_files.available(), 15)
     self.assertEqual(config_files.available()[:2], ["configs/default.py", "configs/tiny.py"])
 
   def test_repository_configs_is_a_link_to_the_package(self):
-    self.assertTrue(os.path.islink(os.path.join(REPO, "configs")))
-    self.assertEqual(os.path.realpath(os.path.join(REPO, "configs")), config_files.PACKAGE_DIR)
-    mode = subprocess.run(["git", "ls-files", "-s", "configs"], cwd=REPO, capture_output=True, text=True).stdout
+    self.assertTrue(os.path.islink(os.path.join(test_util.REPO, "configs")))
+    self.assertEqual(os.path.realpath(os.path.join(test_util.REPO, "configs")), config_files.PACKAGE_DIR)
+    mode = subprocess.run(["git", "ls-files", "-s", "configs"], cwd=test_util.REPO, capture_output=True,
+                          text=True).stdout
     if mode:   # a git checkout (not an unpacked sdist): stored as a link, not as copies
       self.assertTrue(mode.startswith("120000 "), mode)
 
@@ -119,7 +122,7 @@ class ConfigFilesTest(absltest.TestCase):
     names = config_files.available()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     with tempfile.TemporaryDirectory() as tmp:
-      result = subprocess.run([sys.executable, "-c", CHECK_ALL, REPO, json.dumps(names)], cwd=tmp, env=env,
+      result = subprocess.run([sys.executable, "-c", CHECK_ALL, test_util.REPO, json.dumps(names)], cwd=tmp, env=env,
                               capture_output=True, text=True, timeout=300)
     lines = [l for l in result.stdout.splitlines() if l.startswith("REPORT ")]
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])

@@ -1,6 +1,7 @@
 """The UNet's convolution: same values and gradients as XLA's, the GEMM weight gradient only where it is meant."""
 
-import os
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import subprocess
 import sys
 
@@ -12,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from debias_jax.models import conv
+from tests import test_util
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAME = ((1, 1), (1, 1))
 
 
@@ -160,9 +161,8 @@ class MultiDeviceTest(absltest.TestCase):
         "assert len(sharded.sharding.device_set) == 8\n"
         "np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(single))))\n"
         "print('ok')\n")
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
-    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=test_util.REPO, env=test_util.devices_env(8),
+                          capture_output=True, text=True)
     self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
     self.assertIn("ok", proc.stdout)
 

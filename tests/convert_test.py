@@ -10,36 +10,31 @@ tests/testdata/guided_diffusion_reference.npz holds outputs of guided-diffusion'
 inputs of `_reference_inputs`; the generating script lives outside the repository (it needs torch).
 """
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import json
 import os
-import shutil
 import sys
-import tempfile
 from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
-import ml_collections
 import numpy as np
 
-from configs import tiny
 from debias_jax import checkpointing
 from debias_jax import convert
 from debias_jax import train
 from debias_jax.models import unet
+from tests import test_util
 
 _REFERENCE = os.path.join(os.path.dirname(__file__), "testdata", "guided_diffusion_reference.npz")
 
 
 def _config(image_size=16, channels=3, num_classes=3, **model):
-  """A complete config (the fields create_model reads) for a small UNet."""
-  defaults = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
-                  num_heads=1, num_head_channels=32, use_scale_shift_norm=True, resblock_updown=True,
-                  dropout=0.0, learn_sigma=True, dtype="float32", remat=False, use_new_attention_order=False)
-  defaults.update(model)
-  return ml_collections.ConfigDict(dict(
-      data=dict(image_size=image_size, channels=channels, num_classes=num_classes), model=defaults))
+  """The tiny config with a small class-conditional UNet (attention at 8x8); model fields by keyword."""
+  return test_util.config({"data.image_size": image_size, "data.channels": channels, "data.num_classes": num_classes,
+                           "model.attention_resolutions": (8,)}, {f"model.{k}": v for k, v in model.items()})
 
 
 # --- guided-diffusion's keys, written out by module ---------------------------------------------------------------
@@ -153,13 +148,6 @@ def _gd_to_flax(key):
     path.append(sub[".".join(parts[depth:])])
   is_norm = path[-1] in ("in_norm", "out_norm", "norm", "out_0")
   return tuple(path) + ({"weight": "scale" if is_norm else "kernel", "bias": "bias"}[param],)
-
-
-def _tmpdir(test):
-  """A temporary directory removed after the test (absltest's create_tempdir needs parsed flags, not pytest)."""
-  path = tempfile.mkdtemp()
-  test.addCleanup(shutil.rmtree, path, ignore_errors=True)
-  return path
 
 
 def _lookup(tree, path):
@@ -290,7 +278,7 @@ class FileFormatTest(absltest.TestCase):
     b = np.array([1.5, -0.25, 3.0], np.float16)
     c_float = np.array([[1.0, -2.0], [0.5, 3.140625]], np.float32)   # exactly representable in bfloat16
     c_bf16 = (c_float.view(np.uint32) >> 16).astype(np.uint16)
-    path = os.path.join(_tmpdir(self), "m.safetensors")
+    path = os.path.join(test_util.tmpdir(self), "m.safetensors")
     self._write_safetensors(path, {"a": a, "b": b, "c": c_bf16}, {"a": "F32", "b": "F16", "c": "BF16"})
     got = convert.load_state_dict(path)
     self.assertEqual(sorted(got), ["a", "b", "c"])
@@ -300,7 +288,7 @@ class FileFormatTest(absltest.TestCase):
 
   def test_npz_and_safetensors_convert_alike(self):
     sd = _distinct_state_dict(_expected_keys())
-    tmp = _tmpdir(self)
+    tmp = test_util.tmpdir(self)
     np.savez(os.path.join(tmp, "m.npz"), **sd)
     self._write_safetensors(os.path.join(tmp, "m.safetensors"), sd, {k: "F32" for k in sd})
     a = convert.convert_file(os.path.join(tmp, "m.npz"), _config())
@@ -308,14 +296,14 @@ class FileFormatTest(absltest.TestCase):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
   def test_torch_missing_gives_install_hint(self):
-    path = os.path.join(_tmpdir(self), "m.pt")
+    path = os.path.join(test_util.tmpdir(self), "m.pt")
     open(path, "wb").close()
     with mock.patch.dict(sys.modules, {"torch": None}):
       with self.assertRaisesRegex(ImportError, r"debias_jax\[torch\]"):
         convert.load_state_dict(path)
 
   def test_unknown_extension_and_missing_file(self):
-    tmp = _tmpdir(self)
+    tmp = test_util.tmpdir(self)
     with self.assertRaisesRegex(FileNotFoundError, "does not exist"):
       convert.load_state_dict(os.path.join(tmp, "nope.npz"))
     path = os.path.join(tmp, "m.ckpt")
@@ -326,19 +314,11 @@ class FileFormatTest(absltest.TestCase):
 
 class CommandLineTest(absltest.TestCase):
 
-  def _full_config(self):
-    """_config()'s UNet inside a complete training config."""
-    config = tiny.get_config()
-    small = _config()
-    config.data.update(small.data)
-    config.model.update(small.model)
-    return config
-
   def test_converted_checkpoint_restores_as_a_train_state(self):
     sd = _distinct_state_dict(_expected_keys())
-    tmp = _tmpdir(self)
+    tmp = test_util.tmpdir(self)
     np.savez(os.path.join(tmp, "m.npz"), **sd)
-    config, workdir = self._full_config(), os.path.join(tmp, "out")
+    config, workdir = _config(), os.path.join(tmp, "out")
     params = convert.run(config, os.path.join(tmp, "m.npz"), workdir)
     template = train.state_from_params(config, params)
     restored = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir)).restore(template)

@@ -1,10 +1,11 @@
 """Image-folder source: recursive listing, class labels, ADM resizing, and a clear error for an unreadable file."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import os
 import shutil
 import tempfile
 
-import ml_collections
 import numpy as np
 from absl.testing import absltest
 from PIL import Image
@@ -12,15 +13,11 @@ from PIL import Image
 from debias_jax import data
 from debias_jax.data import images as images_lib
 from debias_jax.data import pipeline
+from tests import test_util
 
 
-def folder_config(root, **overrides):
-  config = ml_collections.ConfigDict({
-      "source": "folder", "name": "", "split": "train", "data_dir": root, "image_size": 8, "channels": 3,
-      "num_classes": 0, "random_flip": False, "shuffle_buffer": 0})
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+def folder_config(root, **fields):
+  return test_util.section("data", **{"source": "folder", "data_dir": root, "channels": 3, **fields})
 
 
 def solid(colour, size=(12, 10)):

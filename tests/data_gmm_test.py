@@ -1,5 +1,7 @@
 """The Gaussian-mixture benchmark: exact log-density and posterior mean against independent computations."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,6 +1,7 @@
 """Batch interface and embedded datasets: shapes, ranges, labels, determinism, resumption, per-process slices."""
 
-import ml_collections
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -9,15 +10,7 @@ from sklearn import datasets as sk_datasets
 from debias_jax import data
 from debias_jax.data import embedded
 from debias_jax.data import pipeline
-
-
-def data_config(**overrides):
-  config = ml_collections.ConfigDict({
-      "source": "embedded", "name": "digits", "split": "train", "data_dir": "", "image_size": 8, "channels": 1,
-      "num_classes": 0, "random_flip": False, "shuffle_buffer": 10_000})
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+from tests import test_util
 
 
 GMM = dict(name="gmm", image_size=4, channels=3, gmm_num_train=50, gmm_num_test=30)
@@ -30,9 +23,10 @@ def take(iterator, n):
 class EmbeddedDatasetsTest(parameterized.TestCase):
 
   def test_digits_native_is_sklearn_scaled(self):
-    info = data.dataset_info(data_config())
+    info = data.dataset_info(test_util.section("data"))
     self.assertEqual((info["num_examples"], info["num_classes"], info["image_shape"]), (1797, 10, (8, 8, 1)))
-    batch = next(data.create_eval_iterator(data_config(), batch_size=1797, process_index=0, process_count=1))
+    batch = next(data.create_eval_iterator(test_util.section("data"), batch_size=1797, process_index=0,
+                                           process_count=1))
     digits = sk_datasets.load_digits()
     # The evaluation order is a fixed permutation: compare as sets of (label, image).
     expected = {(int(t), im.astype(np.float32).tobytes()) for t, im in zip(digits.target, digits.images / 8.0 - 1.0)}
@@ -58,13 +52,13 @@ class EmbeddedDatasetsTest(parameterized.TestCase):
       np.testing.assert_allclose(big.mean(axis=(1, 2, 3)), small.mean(axis=(1, 2, 3)), atol=0.03)
 
   def test_digits_default_16_is_bilinear(self):
-    config = data_config(image_size=16)
+    config = test_util.section("data", image_size=16)
     source = pipeline.create_source(config)
     np.testing.assert_array_equal(source.images, embedded.digits_arrays(16, "bilinear")[0])
 
   @parameterized.parameters(16, 32)
   def test_photo_patches(self, size):
-    config = data_config(name="photo_patches", image_size=size, channels=3)
+    config = test_util.section("data", name="photo_patches", image_size=size, channels=3)
     info = data.dataset_info(config)
     self.assertEqual(info["image_shape"], (size, size, 3))
     self.assertEqual(info["num_classes"], len(embedded.PHOTO_NAMES))
@@ -92,21 +86,21 @@ class EmbeddedDatasetsTest(parameterized.TestCase):
     np.testing.assert_array_equal(a, b)
 
   def test_gmm_dataset(self):
-    config = data_config(**GMM)
+    config = test_util.section("data", **GMM)
     info = data.dataset_info(config)
     mixture = info["gmm"]
     self.assertIs(mixture, data.get_gmm(config))
     self.assertEqual((info["num_examples"], info["num_classes"], info["image_shape"]), (50, 8, (4, 4, 3)))
     self.assertEqual(mixture.shape, (4, 4, 3))
-    test_info = data.dataset_info(data_config(**GMM, split="test"))
+    test_info = data.dataset_info(test_util.section("data", **GMM, split="test"))
     self.assertEqual(test_info["num_examples"], 30)
     train = pipeline.create_source(config).images
-    test = pipeline.create_source(data_config(**GMM, split="test")).images
+    test = pipeline.create_source(test_util.section("data", **GMM, split="test")).images
     self.assertFalse(np.any(np.all(train[:30] == test, axis=(1, 2, 3))))
     # Same seed -> same data; another seed -> another mixture.
     again = make_fresh_gmm_source(config)
     np.testing.assert_array_equal(again.images, train)
-    other = data.get_gmm(data_config(**GMM, gmm_seed=1))
+    other = data.get_gmm(test_util.section("data", **GMM, gmm_seed=1))
     self.assertFalse(np.allclose(other.means, mixture.means))
 
 
@@ -137,23 +131,25 @@ class ConfigValidationTest(parameterized.TestCase):
   )
   def test_bad_config_names_the_field(self, overrides, field):
     with self.assertRaisesRegex(ValueError, field):
-      data.dataset_info(data_config(**overrides))
+      data.dataset_info(test_util.section("data", **overrides))
 
   def test_valid_choices_are_listed(self):
     with self.assertRaisesRegex(ValueError, r"valid: 8, 16"):
-      data.dataset_info(data_config(image_size=32))
+      data.dataset_info(test_util.section("data", image_size=32))
     with self.assertRaisesRegex(ValueError, r"digits, photo_patches, gmm"):
-      data.dataset_info(data_config(name="mnist"))
+      data.dataset_info(test_util.section("data", name="mnist"))
 
   def test_batch_size_must_split_over_processes(self):
     with self.assertRaisesRegex(ValueError, "divisible"):
-      data.create_train_iterator(data_config(), global_batch_size=6, seed=0, process_index=0, process_count=4)
+      data.create_train_iterator(test_util.section("data"), global_batch_size=6, seed=0, process_index=0,
+                                 process_count=4)
     with self.assertRaisesRegex(ValueError, "process_index"):
-      data.create_train_iterator(data_config(), global_batch_size=8, seed=0, process_index=2, process_count=2)
+      data.create_train_iterator(test_util.section("data"), global_batch_size=8, seed=0, process_index=2,
+                                 process_count=2)
 
   def test_get_gmm_needs_gmm(self):
     with self.assertRaisesRegex(ValueError, "gmm"):
-      data.get_gmm(data_config())
+      data.get_gmm(test_util.section("data"))
 
 
 class TrainIteratorTest(parameterized.TestCase):
@@ -163,7 +159,8 @@ class TrainIteratorTest(parameterized.TestCase):
                                       process_index=index, process_count=count)
 
   def test_shapes_and_dtypes(self):
-    batch = next(self.iterator(data_config(name="photo_patches", image_size=16, channels=3), batch=12, count=3))
+    patches = test_util.section("data", name="photo_patches", image_size=16, channels=3)
+    batch = next(self.iterator(patches, batch=12, count=3))
     self.assertEqual(batch["image"].shape, (4, 16, 16, 3))
     self.assertEqual(batch["image"].dtype, np.float32)
     self.assertEqual(batch["label"].shape, (4,))
@@ -171,7 +168,7 @@ class TrainIteratorTest(parameterized.TestCase):
 
   @parameterized.parameters(False, True)
   def test_resume_equals_uninterrupted(self, random_flip):
-    config = data_config(**GMM, random_flip=random_flip)   # 50 examples, batch 8: steps straddle epochs
+    config = test_util.section("data", **GMM, random_flip=random_flip)   # 50 examples, batch 8: steps straddle epochs
     full = take(self.iterator(config), 20)
     resumed = take(self.iterator(config, start_step=13), 7)
     for a, b in zip(full[13:], resumed):
@@ -179,18 +176,18 @@ class TrainIteratorTest(parameterized.TestCase):
       np.testing.assert_array_equal(a["label"], b["label"])
 
   def test_process_defaults_come_from_jax(self):
-    config = data_config(**GMM)
+    config = test_util.section("data", **GMM)
     implicit = next(data.create_train_iterator(config, global_batch_size=8, seed=3))    # jax: process 0 of 1
     np.testing.assert_array_equal(implicit["image"], next(self.iterator(config))["image"])
 
   def test_seed_changes_order(self):
-    a = next(self.iterator(data_config(), seed=0))
-    b = next(self.iterator(data_config(), seed=1))
+    a = next(self.iterator(test_util.section("data"), seed=0))
+    b = next(self.iterator(test_util.section("data"), seed=1))
     self.assertFalse(np.array_equal(a["image"], b["image"]))
 
   @parameterized.parameters(2, 4)
   def test_process_slices_partition_the_global_batch(self, count):
-    config = data_config(**GMM, random_flip=True)
+    config = test_util.section("data", **GMM, random_flip=True)
     single = take(self.iterator(config, batch=16), 10)
     shards = [take(self.iterator(config, batch=16, index=p, count=count), 10) for p in range(count)]
     for step in range(10):
@@ -208,7 +205,7 @@ class TrainIteratorTest(parameterized.TestCase):
         self.assertEmpty(np.intersect1d(mine, theirs))
 
   def test_every_example_once_per_epoch(self):
-    config = data_config(**GMM)   # 50 examples
+    config = test_util.section("data", **GMM)   # 50 examples
     batches = take(self.iterator(config, batch=10), 10)   # two epochs
     train = pipeline.create_source(config).images
     for epoch in range(2):
@@ -219,8 +216,8 @@ class TrainIteratorTest(parameterized.TestCase):
     self.assertFalse(np.array_equal(first, second))   # reshuffled each epoch
 
   def test_random_flip_mirrors_some_examples(self):
-    plain = take(self.iterator(data_config(**GMM), batch=50), 2)
-    flipped = take(self.iterator(data_config(**GMM, random_flip=True), batch=50), 2)
+    plain = take(self.iterator(test_util.section("data", **GMM), batch=50), 2)
+    flipped = take(self.iterator(test_util.section("data", **GMM, random_flip=True), batch=50), 2)
     for step, (a, b) in enumerate(zip(plain, flipped)):
       mask = pipeline.flip_mask(3, step, 50)
       self.assertTrue(0 < mask.sum() < 50)
@@ -229,7 +226,7 @@ class TrainIteratorTest(parameterized.TestCase):
       np.testing.assert_array_equal(b["label"], a["label"])
 
   def test_batches_do_not_alias_the_dataset(self):
-    config = data_config(**GMM, random_flip=True)
+    config = test_util.section("data", **GMM, random_flip=True)
     before = pipeline.create_source(config).images.copy()
     batch = next(self.iterator(config))
     batch["image"][:] = 7.0
@@ -239,7 +236,7 @@ class TrainIteratorTest(parameterized.TestCase):
 class EvalIteratorTest(absltest.TestCase):
 
   def test_one_padded_pass_split_over_processes(self):
-    config = data_config(**GMM)   # 50 examples
+    config = test_util.section("data", **GMM)   # 50 examples
     per_process = [list(data.create_eval_iterator(config, batch_size=16, process_index=p, process_count=2))
                    for p in range(2)]
     self.assertEqual([len(b) for b in per_process], [4, 4])
@@ -262,7 +259,7 @@ class EvalIteratorTest(absltest.TestCase):
                                                                   per_process[1][s]["image"]]) for s in range(4)]))
 
   def test_num_examples_prefix(self):
-    config = data_config(name="photo_patches", image_size=16, channels=3)
+    config = test_util.section("data", name="photo_patches", image_size=16, channels=3)
     batches = list(data.create_eval_iterator(config, batch_size=64, num_examples=100, process_index=0,
                                              process_count=1))
     self.assertEqual(len(batches), 2)

@@ -1,10 +1,11 @@
 """TFDS source: a tiny dataset really prepared on disk (tfrecord and array_record), mock_data, tfds's default
 data_dir, preparation by the program (one process and two joined processes), and fast failures."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,12 +21,11 @@ from debias_jax import data
 from debias_jax import train
 from debias_jax.data import pipeline
 from debias_jax.data import tfds_source
-from tests.train_test import tiny_config
+from tests import test_util
 
 tf, tfds = tfds_source.import_tensorflow_datasets()
 tfds.disable_progress_bar()
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_TRAIN = 13
 NAME = "debias_tiny_images"   # DebiasTinyImages registered under tfds's name for it
 
@@ -53,13 +53,8 @@ class DebiasTinyImages(tfds.core.GeneratorBasedBuilder):
       yield i, {"image": images[i], "label": labels[i]}
 
 
-def tfds_config(data_dir, name="debias_tiny_images", **overrides):
-  config = ml_collections.ConfigDict({
-      "source": "tfds", "name": name, "split": "train", "data_dir": data_dir, "image_size": 8, "channels": 3,
-      "num_classes": 0, "random_flip": False, "shuffle_buffer": 0})
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+def tfds_config(data_dir, name="debias_tiny_images", **fields):
+  return test_util.section("data", **{"source": "tfds", "name": name, "data_dir": data_dir, "channels": 3, **fields})
 
 
 class TfdsSourceTest(parameterized.TestCase):
@@ -210,10 +205,10 @@ class TfdsFailuresTest(absltest.TestCase):
     data_dir = os.path.join(tmp, "tfds")
     os.makedirs(data_dir)
     command = [sys.executable, "-m", "debias_jax.main", "--mode", "train", "--config",
-               os.path.join(REPO, "configs", "paper", "cifar10.py"), "--workdir", os.path.join(tmp, "run")]
+               os.path.join(test_util.REPO, "configs", "paper", "cifar10.py"), "--workdir", os.path.join(tmp, "run")]
     start = time.monotonic()
-    result = subprocess.run(command, cwd=REPO, env=dict(os.environ, TFDS_DATA_DIR=data_dir), capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(command, cwd=test_util.REPO, env=dict(os.environ, TFDS_DATA_DIR=data_dir),
+                            capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - start
     self.assertNotEqual(result.returncode, 0)
     self.assertIn(f"tfds build cifar10 --data_dir={data_dir} --file_format=array_record", result.stderr)
@@ -224,9 +219,9 @@ class TfdsFailuresTest(absltest.TestCase):
 
 def tfds_train_config(**data_overrides):
   """tiny.py on the tiny tfds dataset from tfds's default data_dir (data.data_dir empty): a one-level UNet, 2 steps."""
-  config = tiny_config(**{"model.channel_mult": (1,), "model.attention_resolutions": (), "train.num_steps": 2,
-                          "train.batch_size": 4, "train.log_every": 1, "train.checkpoint_every": 2,
-                          "train.sample_every": 0})
+  config = test_util.config({"model.channel_mult": (1,), "model.attention_resolutions": (), "train.num_steps": 2,
+                             "train.batch_size": 4, "train.log_every": 1, "train.checkpoint_every": 2,
+                             "train.sample_every": 0})
   for key, value in tfds_config("", image_size=8, channels=3, num_classes=3, **data_overrides).items():
     config.data[key] = value
   return config
@@ -299,12 +294,6 @@ print("RESULT " + json.dumps(result))
 """
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 class TwoProcessPrepareTest(absltest.TestCase):
 
   def test_process_0_prepares_while_the_other_waits(self):
@@ -312,9 +301,9 @@ class TwoProcessPrepareTest(absltest.TestCase):
     self.addCleanup(shutil.rmtree, tmp)
     with open(os.path.join(tmp, "file"), "w") as f:   # a data_dir that is a file: preparing it fails
       f.write("")
-    port = str(free_port())
+    port = str(test_util.free_port())
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    procs = [subprocess.Popen([sys.executable, "-c", PREPARE_WORKER, str(p), port, tmp], cwd=REPO, env=env,
+    procs = [subprocess.Popen([sys.executable, "-c", PREPARE_WORKER, str(p), port, tmp], cwd=test_util.REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for p in range(2)]
     outputs = []
     for proc in procs:

@@ -1,5 +1,7 @@
 """Exact tests of the diffusion mathematics: schedules, targets, weightings, losses and the Gaussian VLB terms."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import math
 
 from absl.testing import absltest

@@ -1,5 +1,7 @@
 """--mode eval: results that name their settings, agreement with --mode sample's files, resumption, errors."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import os
 import sys
 import tempfile
@@ -14,16 +16,12 @@ from debias_jax import jsonl
 from debias_jax import generate
 from debias_jax.evaluation import checkpoints
 from debias_jax.evaluation import features
-from tests.generate_test import random_params
-from tests.generate_test import small_config
-from tests.generate_test import write_checkpoint
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import test_util
 
 
 def eval_config(cache_dir, **overrides):
-  return small_config(**{"eval.feature_space": "pixels", "eval.num_samples": 16, "eval.num_reference": 64,
-                         "eval.cache_dir": cache_dir, **overrides})
+  return test_util.config(test_util.SAMPLING, {"eval.feature_space": "pixels", "eval.num_samples": 16,
+                                               "eval.num_reference": 64, "eval.cache_dir": cache_dir}, overrides)
 
 
 class EvalModeTest(absltest.TestCase):
@@ -34,8 +32,8 @@ class EvalModeTest(absltest.TestCase):
     cls.tmp = tempfile.mkdtemp()
     cls.workdir = os.path.join(cls.tmp, "run")
     config = eval_config(cls.tmp)
-    write_checkpoint(config, cls.workdir, steps=(5,), params=random_params(config, seed=1))
-    write_checkpoint(config, cls.workdir, steps=(10,), params=random_params(config, seed=2))
+    test_util.write_checkpoint(config, cls.workdir, steps=(5,), params=test_util.random_params(config, seed=1))
+    test_util.write_checkpoint(config, cls.workdir, steps=(10,), params=test_util.random_params(config, seed=2))
     cls.config = eval_config(cls.tmp, **{"eval.sampler_steps": ("ddim:3", "ddim:2")})
     cls.records = checkpoints.evaluate_checkpoints(cls.config, cls.workdir)
     cls.results_path = os.path.join(cls.workdir, "eval", "results.jsonl")
@@ -101,11 +99,10 @@ class CommandLineTest(absltest.TestCase):
     from debias_jax import main  # pylint: disable=g-import-not-at-top
     tmp = tempfile.mkdtemp()
     workdir = os.path.join(tmp, "run")
-    write_checkpoint(small_config(), workdir, steps=(20,))
+    test_util.write_checkpoint(test_util.config(test_util.SAMPLING), workdir, steps=(20,))
     # Overrides that make the tiny config the small one above, so the compiled programs are shared (cache).
-    argv = ["main", "--mode=eval", f"--config={os.path.join(REPO, 'configs', 'tiny.py')}", f"--workdir={workdir}",
-            "--config.model.channel_mult=(1,)", "--config.model.attention_resolutions=(8,)",
-            "--config.loss.target=x0", "--config.sampling.steps=3", "--config.sampling.batch_size=8",
+    argv = ["main", "--mode=eval", f"--config={os.path.join(test_util.REPO, 'configs', 'tiny.py')}",
+            f"--workdir={workdir}", *test_util.flags(test_util.SAMPLING),
             "--config.eval.feature_space=pixels", "--config.eval.num_samples=8", "--config.eval.num_reference=32",
             f"--config.eval.cache_dir={tmp}", "--config.eval.sampler_steps=('ddim:2',)"]
     with flagsaver.flagsaver(), mock.patch.object(sys, "argv", argv):   # config_flags reads overrides from sys.argv

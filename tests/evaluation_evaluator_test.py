@@ -1,5 +1,7 @@
 """The file-to-file evaluator: ADM-layout reference and sample batches, and which statistics it trusts."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import os
 import shutil
 import tempfile

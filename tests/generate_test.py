@@ -1,66 +1,22 @@
 """--mode sample: ADM-layout files, determinism, labels, EMA vs raw params, and clear errors."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import json
 import os
 import tempfile
 
 from absl.testing import absltest
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from configs import tiny
 from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import generate
 from debias_jax import parallel
 from debias_jax import sampling
-from debias_jax import train
 from debias_jax.models import unet
-
-
-def small_config(**overrides):
-  """The tiny config (8x8 digits) with a one-level UNet (half the compile time), sampling 16 images in two batches
-  of 8 with 3 DDIM steps.
-
-  An x0-predicting model: random params then give varied, unsaturated images (an untrained eps model's x0 estimate
-  at high noise is x_t / sqrt(alpha_bar), clipped to +-1).
-  """
-  config = tiny.get_config()
-  config.model.channel_mult = (1,)
-  config.model.attention_resolutions = (8,)
-  config.loss.target = "x0"
-  config.sampling.steps = "3"
-  config.sampling.num_samples = 16
-  config.sampling.batch_size = 8
-  for dotted, value in overrides.items():
-    node = config
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
-
-
-def random_params(config, seed=0, scale=0.2):
-  """Random params of the config's UNet without compiling its init (shapes only): every layer does something."""
-  rng = np.random.default_rng(seed)
-  shapes = unet.param_shapes(unet.create_model(config))
-  return jax.tree.map(lambda s: (scale * rng.standard_normal(s.shape)).astype(np.float32), shapes)
-
-
-def write_checkpoint(config, workdir, steps=(5,), params=None, ema_params=None):
-  """Saves a train state (random params unless given) at each of `steps`, and config.json, as training would."""
-  state = train.state_from_params(config, random_params(config) if params is None else params)
-  if ema_params is not None:
-    state = state.replace(ema_params=(jax.tree.map(jnp.asarray, ema_params),))
-  checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir))
-  for step in steps:
-    checkpointer.save(state.replace(step=jnp.asarray(step, jnp.int32)))
-  checkpointer.close()
-  train.save_config(config, workdir)
-  return state
+from tests import test_util
 
 
 def load(path):
@@ -74,9 +30,9 @@ class SampleModeTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.tmp = tempfile.mkdtemp()
-    cls.config = small_config()
+    cls.config = test_util.config(test_util.SAMPLING)
     cls.workdir = os.path.join(cls.tmp, "uncond")
-    write_checkpoint(cls.config, cls.workdir, steps=(5, 10))
+    test_util.write_checkpoint(cls.config, cls.workdir, steps=(5, 10))
     cls.record = generate.sample_to_files(cls.config, cls.workdir)
 
   def test_npz_has_the_adm_layout_and_the_grid_exists(self):
@@ -104,7 +60,7 @@ class SampleModeTest(absltest.TestCase):
     np.testing.assert_array_equal(again, saved)
     # The stream itself, with the params in memory: 8 samples are the first 8 of 16; another seed differs.
     generator = sampling.Generator(self.config, unet.create_model(self.config), parallel.create_mesh())
-    params = random_params(self.config)
+    params = test_util.random_params(self.config)
 
     def stream(config, num):
       batches = generate.sample_batches(generator, params, num, generate.sample_rng(config), batch_size=8,
@@ -112,15 +68,16 @@ class SampleModeTest(absltest.TestCase):
       return sampling.to_uint8(np.concatenate([images for images, _ in batches]))
 
     np.testing.assert_array_equal(stream(self.config, 8), saved[:8])
-    self.assertGreater(np.abs(stream(small_config(seed=1), 8).astype(int) - saved[:8]).mean(), 1.0)
+    other_seed = stream(test_util.config(test_util.SAMPLING, seed=1), 8)
+    self.assertGreater(np.abs(other_seed.astype(int) - saved[:8]).mean(), 1.0)
 
   def test_checkpoint_step_and_raw_params(self):
     workdir = os.path.join(self.tmp, "ema")
-    config = small_config()
-    write_checkpoint(config, workdir, steps=(3,), params=random_params(config, seed=1),
-                     ema_params=random_params(config, seed=0))
-    raw = generate.sample_to_files(small_config(**{"sampling.use_ema": False, "sampling.checkpoint_step": 3}),
-                                   workdir)
+    config = test_util.config(test_util.SAMPLING)
+    test_util.write_checkpoint(config, workdir, steps=(3,), params=test_util.random_params(config, seed=1),
+                               ema_params=test_util.random_params(config, seed=0))
+    raw_config = test_util.config(test_util.SAMPLING, {"sampling.use_ema": False, "sampling.checkpoint_step": 3})
+    raw = generate.sample_to_files(raw_config, workdir)
     self.assertIn("step_00000003_ddim_3_params_n16", raw["npz"])
     ema = generate.sample_to_files(config, workdir)
     # The EMA params here are the params of the first workdir, sampled with the same key: the same images.
@@ -133,32 +90,33 @@ class SampleModeTest(absltest.TestCase):
       generate.sample_to_files(self.config, empty)
     self.assertFalse(os.path.exists(empty))
     with self.assertRaisesRegex(checkpointing.CheckpointError, r"No checkpoint at step 7 .*\[5, 10\]"):
-      generate.sample_to_files(small_config(**{"sampling.checkpoint_step": 7}), self.workdir)
+      generate.sample_to_files(test_util.config(test_util.SAMPLING, {"sampling.checkpoint_step": 7}), self.workdir)
 
   def test_a_config_that_reads_the_model_differently_is_named(self):
     with self.assertRaisesRegex(config_checks.ConfigError, "config.loss.target: trained with 'x0', given 'v'"):
-      generate.sample_to_files(small_config(**{"loss.target": "v"}), self.workdir)
+      generate.sample_to_files(test_util.config(test_util.SAMPLING, {"loss.target": "v"}), self.workdir)
     with self.assertRaisesRegex(config_checks.ConfigError, "sampling.labels.*unconditional"):
-      generate.sample_to_files(small_config(**{"sampling.labels": (1,)}), self.workdir)
+      generate.sample_to_files(test_util.config(test_util.SAMPLING, {"sampling.labels": (1,)}), self.workdir)
 
 
 class ConditionalSampleTest(absltest.TestCase):
 
   def test_labels_cycle_or_are_given_and_reach_the_model(self):
-    config = small_config(**{"data.num_classes": 10})
+    config = test_util.config(test_util.SAMPLING, {"data.num_classes": 10})
     workdir = tempfile.mkdtemp()
-    write_checkpoint(config, workdir)
+    test_util.write_checkpoint(config, workdir)
     cycled = load(generate.sample_to_files(config, workdir)["npz"])
     self.assertEqual(sorted(cycled), ["arr_0", "arr_1"])
     np.testing.assert_array_equal(cycled["arr_1"], np.arange(16) % 10)
-    given = load(generate.sample_to_files(small_config(**{"data.num_classes": 10, "sampling.labels": (3,)}),
-                                          workdir)["npz"])
+    labelled = test_util.config(test_util.SAMPLING, {"data.num_classes": 10, "sampling.labels": (3,)})
+    given = load(generate.sample_to_files(labelled, workdir)["npz"])
     np.testing.assert_array_equal(given["arr_1"], np.full(16, 3))
     # Same noise, other labels: example 3 has label 3 in both runs, example 0 does not.
     np.testing.assert_array_equal(given["arr_0"][3], cycled["arr_0"][3])
     self.assertGreater(np.abs(given["arr_0"][0].astype(int) - cycled["arr_0"][0]).mean(), 0.5)
     with self.assertRaisesRegex(config_checks.ConfigError, r"sampling.labels has \[12\], outside \[0, 10\)"):
-      generate.sample_to_files(small_config(**{"data.num_classes": 10, "sampling.labels": (12,)}), workdir)
+      generate.sample_to_files(test_util.config(test_util.SAMPLING, {"data.num_classes": 10, "sampling.labels": (12,)}),
+                               workdir)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ directory: setup copies this checkout there, run trains the tiny config there in
 SIGTERM and the run saves a checkpoint and stops.
 """
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import glob
 import json
 import os
@@ -17,9 +19,9 @@ import tomllib
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from tests import test_util
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCH = os.path.join(REPO, "launch")
+LAUNCH = os.path.join(test_util.REPO, "launch")
 SCRIPTS = sorted(glob.glob(os.path.join(LAUNCH, "*.sh")) + glob.glob(os.path.join(LAUNCH, "*.sbatch")))
 POD = {"TPU_NAME": "debias-pod", "ZONE": "us-central2-b"}
 # What the scripts read from the environment: the test's own environment must not leak into them.
@@ -78,7 +80,7 @@ class SyntaxTest(parameterized.TestCase):
   def test_shellcheck_finds_nothing(self):
     if shutil.which("shellcheck") is None:
       self.skipTest("shellcheck is not installed (apt-get install shellcheck)")
-    result = subprocess.run(["shellcheck", "-x", *SCRIPTS], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(["shellcheck", "-x", *SCRIPTS], capture_output=True, text=True, cwd=test_util.REPO)
     self.assertEqual(result.returncode, 0, result.stdout)
 
 
@@ -175,7 +177,7 @@ class DryRunTest(parameterized.TestCase):
                                            f"{package}"])
 
   def test_every_accelerator_backend_is_an_extra_of_the_package_with_its_jax(self):
-    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+    with open(os.path.join(test_util.REPO, "pyproject.toml"), "rb") as f:
       project = tomllib.load(f)["project"]
     jax = [r for r in project["dependencies"] if r.startswith("jax")]
     self.assertLen(jax, 1)
@@ -270,9 +272,9 @@ class FakeTpuTest(absltest.TestCase):
     result = launch("tpu_setup.sh", {**self.env, "FAKE_REMOTE_DRY_RUN": "1"}, dry_run=False)
     self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
     copy = os.path.join(self.worker, "debias_jax")
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    tracked = subprocess.run(["git", "ls-files"], cwd=test_util.REPO, capture_output=True, text=True).stdout.split()
     for path in tracked:
-      if os.path.isfile(os.path.join(REPO, path)):
+      if os.path.isfile(os.path.join(test_util.REPO, path)):
         self.assertTrue(os.path.isfile(os.path.join(copy, path)), path)
     self.assertEqual(glob.glob(os.path.join(copy, "**", "__pycache__"), recursive=True), [])
     self.assertFalse(os.path.exists(os.path.join(self.worker, "debias_jax.tar.gz")))
@@ -285,7 +287,7 @@ class FakeTpuTest(absltest.TestCase):
     self.assertIn(r"-m pip install --quiet -c constraints.txt -e .\[tpu\]", result.stdout)
 
   def test_a_detached_run_trains_and_stops_on_request_with_a_checkpoint(self):
-    shutil.copytree(REPO, os.path.join(self.worker, "debias_jax"),
+    shutil.copytree(test_util.REPO, os.path.join(self.worker, "debias_jax"),
                     ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info"))
     workdir = os.path.join(self.tmp, "run")
     args = ["--config.model.channel_mult=(1,)", "--config.model.attention_resolutions=()",

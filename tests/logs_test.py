@@ -1,6 +1,8 @@
 """What a run prints: progress with rate and ETA, orbax's per-save INFO lines hidden (shown with -v 1), and the
 command line taking JAX's own flags."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import logging as std_logging
 import os
 import pathlib
@@ -14,8 +16,9 @@ from absl import logging
 from absl.testing import absltest
 
 from debias_jax import logs
+from tests import test_util
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(test_util.REPO)
 
 
 def _record(pathname: str, level: int = std_logging.INFO) -> std_logging.LogRecord:

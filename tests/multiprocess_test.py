@@ -8,10 +8,11 @@ host at the same step; processes that disagree (config, device count) all fail a
 Each subprocess has a timeout, so a hang fails instead of blocking.
 """
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,10 +27,8 @@ from debias_jax import preemption
 from debias_jax import multihost
 from debias_jax import train
 from debias_jax.models import unet
-from tests.train_test import assert_same_trajectory
-from tests.train_test import tiny_config
+from tests import test_util
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 240
 # A one-level UNet without attention: the multi-host machinery is what is tested, and it compiles in seconds.
 MODEL = {"model.channel_mult": (1,), "model.attention_resolutions": ()}
@@ -68,16 +67,6 @@ app.run(main.main, argv=["debias_jax.main"] + sys.argv[3:])
 """
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def override_flags(overrides: dict) -> list[str]:
-  return [f"--config.{k}={v}" for k, v in overrides.items()]
-
-
 class Run:
   """One JAX process of a test run: its command line, environment and log file."""
 
@@ -85,15 +74,14 @@ class Run:
                process_id: int | None = None, port: int | None = None, num_processes: int = 2, go: str = ""):
     self.name, self.out = name, os.path.join(tmp, name + ".npz")
     self.log_path = os.path.join(tmp, name + ".log")
-    argv = ["--mode", "train", "--config", os.path.join(REPO, "configs", "tiny.py"), "--workdir", workdir]
+    argv = ["--mode", "train", "--config", os.path.join(test_util.REPO, "configs", "tiny.py"), "--workdir", workdir]
     if process_id is not None:
       argv += ["--distributed", "--coordinator", f"127.0.0.1:{port}", "--num_processes", str(num_processes),
                "--process_id", str(process_id)]
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
-    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    env = test_util.devices_env(devices)
     with open(self.log_path, "w") as log:
-      self.proc = subprocess.Popen([sys.executable, "-c", WORKER, self.out, go] + argv + override_flags(overrides),
-                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+      self.proc = subprocess.Popen([sys.executable, "-c", WORKER, self.out, go] + argv + test_util.flags(overrides),
+                                   cwd=test_util.REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     self.deadline = time.monotonic() + TIMEOUT_S
 
   def wait(self) -> int:
@@ -115,7 +103,7 @@ class Run:
 
 def pair(tmp: str, name: str, workdir: str, overrides: dict, devices=(2, 2), overrides_1: dict | None = None,
          go: str = ""):
-  port = free_port()
+  port = test_util.free_port()
   return [Run(tmp, f"{name}{p}", workdir, {**overrides, **((overrides_1 or {}) if p else {})}, devices[p],
               process_id=p, port=port, go=go) for p in range(2)]
 
@@ -188,9 +176,9 @@ class MultiProcessTest(absltest.TestCase):
     self.check_success(self.pair + [self.single], self.pair_codes + [self.single_code])
     single = self.single.result()
     self.assertEqual((int(single["process_count"]), int(single["devices"]), int(single["step"])), (1, 4, 4))
-    config = tiny_config(**MODEL)
+    config = test_util.config(**MODEL)
     initial = train.create_train_state(config, unet.create_model(config), jax.random.key(0))
-    assert_same_trajectory(self, params_of(self.pair[0].result()), params_of(single), initial.params)
+    test_util.assert_same_trajectory(self, params_of(self.pair[0].result()), params_of(single), initial.params)
     # Same params, per-example noise and timesteps, the same global batch split differently: the first step's
     # loss and gradient norm agree to float precision.
     pair_first, single_first = read_metrics(self.workdir)[0], read_metrics(self.single_workdir)[0]
@@ -205,7 +193,7 @@ class MultiProcessTest(absltest.TestCase):
     writers = sorted(d for d in os.listdir(os.path.join(checkpointer.directory, "4", "default"))
                      if d.startswith("ocdbt.process_"))
     self.assertEqual(writers, ["ocdbt.process_0", "ocdbt.process_1"])
-    config = tiny_config(**MODEL)
+    config = test_util.config(**MODEL)
     template = train.create_train_state(config, unet.create_model(config), jax.random.key(1))
     restored = checkpointer.restore(template, step=4)
     self.assertEqual(int(restored.step), 4)
@@ -254,10 +242,10 @@ class FingerprintTest(absltest.TestCase):
   """The parts of multihost.check_processes_agree that need no second process."""
 
   def test_one_process_always_agrees(self):
-    multihost.check_processes_agree(tiny_config(), workdir="/tmp/anything")
+    multihost.check_processes_agree(test_util.config(), workdir="/tmp/anything")
 
   def test_fingerprint_names_config_fields_runtime_and_code(self):
-    groups = multihost.fingerprint(tiny_config(), workdir="/w")
+    groups = multihost.fingerprint(test_util.config(), workdir="/w")
     self.assertEqual(groups["config"]["train.batch_size"], "16")
     self.assertEqual(groups["config"]["model.channel_mult"], "(1, 2)")
     self.assertEqual(groups["flags"], {"workdir": "'/w'"})
@@ -265,8 +253,8 @@ class FingerprintTest(absltest.TestCase):
     self.assertIn(os.path.join("debias_jax", "train.py"), groups["code"])
 
   def test_tables_differ_exactly_where_a_field_differs(self):
-    a = multihost.fingerprint(tiny_config(), workdir="/w")
-    b = multihost.fingerprint(tiny_config(**{"train.batch_size": 32}), workdir="/w")
+    a = multihost.fingerprint(test_util.config(), workdir="/w")
+    b = multihost.fingerprint(test_util.config(**{"train.batch_size": 32}), workdir="/w")
     table_a, contents = multihost._tables(a)
     table_b, _ = multihost._tables(b)
     differing = np.argwhere(table_a != table_b)

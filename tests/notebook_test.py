@@ -8,6 +8,8 @@ runtime: every dependency is already installed and debias_jax is not, so the ins
 debias_jax and leave everything else as it found it.
 """
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import ast
 import io
 import json
@@ -23,9 +25,9 @@ from unittest import mock
 
 from absl.testing import absltest
 import numpy as np  # pylint: disable=unused-import  (imported, so that stale_modules can find it loaded)
+from tests import test_util
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOK = os.path.join(REPO, "launch", "colab_tpu.ipynb")
+NOTEBOOK = os.path.join(test_util.REPO, "launch", "colab_tpu.ipynb")
 PARAMETERS = ("REPO_URL", "REPO_ZIP", "REPO_DIR", "CONFIG", "NUM_STEPS", "OVERRIDES", "WORKDIR", "INSTALL",
               "RUN_ANALYSIS", "ANALYSIS_OVERRIDES")
 
@@ -44,7 +46,7 @@ def code_cells(notebook) -> list[str]:
 
 
 def pyproject() -> dict:
-  with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+  with open(os.path.join(test_util.REPO, "pyproject.toml"), "rb") as f:
     return tomllib.load(f)
 
 
@@ -52,7 +54,7 @@ def replacement_parameters(tmp: str) -> str:
   return "\n".join([
       'REPO_URL = ""',
       f'REPO_ZIP = {os.path.join(tmp, "absent*.zip")!r}',
-      f"REPO_DIR = {REPO!r}",
+      f"REPO_DIR = {test_util.REPO!r}",
       'CONFIG = "configs/tiny.py"',
       "NUM_STEPS = 4",
       'OVERRIDES = {"model.channel_mult": (1,), "model.attention_resolutions": (), "train.log_every": 2,'
@@ -128,14 +130,14 @@ class InstallHelpersTest(absltest.TestCase):
   def test_requirements_are_the_package_s_with_jax_pinned_and_no_second_tensorflow(self):
     helpers = install_helpers()
     project = pyproject()["project"]
-    with open(os.path.join(REPO, "constraints.txt")) as f:
+    with open(os.path.join(test_util.REPO, "constraints.txt")) as f:
       pins = [line.strip() for line in f if line.startswith(("jax==", "jaxlib=="))]
     self.assertLen(pins, 2)
-    self.assertEqual(helpers["requirements"](REPO, None, {"numpy": "2.1.3"}), project["dependencies"] + pins)
-    tpu = helpers["requirements"](REPO, "tpu", {})
+    self.assertEqual(helpers["requirements"](test_util.REPO, None, {"numpy": "2.1.3"}), project["dependencies"] + pins)
+    tpu = helpers["requirements"](test_util.REPO, "tpu", {})
     self.assertEqual(tpu, project["dependencies"] + project["optional-dependencies"]["tpu"] + pins)
     # Colab's GPU runtime: tensorflow is installed, and tensorflow-cpu would overwrite its files.
-    gpu = helpers["requirements"](REPO, "cuda12", {"tensorflow": "2.20.0"})
+    gpu = helpers["requirements"](test_util.REPO, "cuda12", {"tensorflow": "2.20.0"})
     tensorflow_cpu = [r for r in project["dependencies"] if r.startswith("tensorflow-cpu")]
     self.assertLen(tensorflow_cpu, 1)
     self.assertEqual(gpu, [r for r in project["dependencies"] if r not in tensorflow_cpu]
@@ -222,11 +224,11 @@ class NotebookRunTest(absltest.TestCase):
     output = proc.stdout + proc.stderr
     self.assertEqual(proc.returncode, 0, output[-5000:])
     self.assertIn("Accelerator: cpu", proc.stdout)
-    self.assertIn("Code: the copy in " + REPO, proc.stdout)
+    self.assertIn("Code: the copy in " + test_util.REPO, proc.stdout)
 
     # The install cell installed debias_jax (editable, from this checkout) into the fresh environment, offline,
     # and changed the version of nothing else ("nothing new" where this environment has a debias_jax of its own).
-    self.assertIn("$ pip install --no-deps --no-build-isolation -e " + REPO, proc.stdout)
+    self.assertIn("$ pip install --no-deps --no-build-isolation -e " + test_util.REPO, proc.stdout)
     version = pyproject()["project"]["version"]
     installed = proc.stdout.split("\nInstalled: ", 1)[1].split("\n", 1)[0]
     self.assertIn(installed, ("nothing new", f"debias-jax (new) -> {version}"))
@@ -235,7 +237,7 @@ class NotebookRunTest(absltest.TestCase):
     self.assertEqual([n for n in added if not n.startswith(("debias_jax", "__editable__", "__pycache__"))],
                      ["outer_environment.pth"])
     with open(os.path.join(purelib, f"debias_jax-{version}.dist-info", "direct_url.json")) as f:
-      self.assertEqual(json.load(f)["url"], "file://" + REPO)
+      self.assertEqual(json.load(f)["url"], "file://" + test_util.REPO)
 
     # Training showed its progress and wrote its checkpoint, metrics, TensorBoard events and a sample grid.
     workdir = os.path.join(tmp, "run")

@@ -6,6 +6,8 @@ come from the compilation cache.
     python tests/object_store_driver.py OUTPUT.json CACHE_DIR ROOT [ROOT ...]
 """
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import hashlib
 import json
 import sys
@@ -20,14 +22,13 @@ from debias_jax.analysis import study
 from debias_jax.evaluation import checkpoints
 from debias_jax.evaluation import fid
 from debias_jax.experiments import compare
-from tests import compare_test
-from tests import generate_test
+from tests import test_util
 
 VOLATILE = ("seconds", "workdir", "figures", "npz", "grid", "end", "start")
 
 
 def config(cache_dir: str):
-  return generate_test.small_config(**{
+  return test_util.config(test_util.SAMPLING, {
       "train.num_steps": 4, "train.checkpoint_every": 2, "train.log_every": 2, "train.sample_every": 4,
       "sampling.num_samples": 8, "sampling.batch_size": 8,
       "eval.feature_space": "pixels", "eval.num_samples": 8, "eval.num_reference": 32, "eval.cache_dir": cache_dir,
@@ -36,11 +37,8 @@ def config(cache_dir: str):
 
 
 def study_config(cache_dir: str):
-  c = compare_test.toy_quick_config(cache_dir)
-  c.compare.arms = ("debias",)
-  c.compare.num_checkpoints = 1
-  c.compare.sweep = ()
-  return c
+  return test_util.toy_study_config(cache_dir, **{"compare.arms": ("debias",), "compare.num_checkpoints": 1,
+                                                 "compare.sweep": ()})
 
 
 def _strip(record):

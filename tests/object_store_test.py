@@ -6,6 +6,8 @@ tensorstore's GCS driver. Checkpoints, metrics, TensorBoard events (written thro
 debias_jax/summaries.py), sample files, evaluation results, the bias study and the comparison report must match.
 """
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import ast
 import json
 import os

@@ -1,5 +1,7 @@
 """DDPM and DDIM samplers against data N(mu, s^2) per pixel, whose optimal denoiser is analytic."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax

@@ -6,6 +6,8 @@ sample's exact end point is known. The model below reads alpha at its (fractiona
 piecewise-linear log-alpha table the solvers use, so it is the exact denoiser of the process they integrate.
 """
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import functools
 
 from absl.testing import absltest

@@ -1,5 +1,7 @@
 """The training loop: learning, bit-exact resume, 1 vs 8 devices, multi-step calls, NaN stop, config errors."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import json
 import os
 import subprocess
@@ -9,10 +11,8 @@ import tempfile
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from configs import tiny
 from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import train
@@ -21,37 +21,7 @@ from debias_jax.diffusion import losses
 from debias_jax.diffusion import weighting
 from debias_jax import sampling
 from debias_jax.models import unet
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**overrides):
-  config = tiny.get_config()
-  for dotted, value in overrides.items():
-    node = config
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
-
-
-# A one-level UNet on 8x8 digits at batch 8: for tests of the loop's mechanics, where the model's size is not the
-# point and the scanned step at the suite's low XLA optimisation level would cost the most.
-ONE_LEVEL = {"model.channel_mult": (1,), "model.attention_resolutions": (8,), "train.batch_size": 8}
-
-
-def leaves(state):
-  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
-
-
-def assert_same_trajectory(test, params, reference, initial, tolerance=0.02):
-  """params ~ reference relative to how far training moved them: float reordering (fused multi-step programs,
-  other device counts) is amplified by Adam's normalisation, so exact or per-element comparisons do not apply."""
-  diff = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(leaves(params), leaves(reference), strict=True)))
-  moved = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(leaves(reference), leaves(initial), strict=True)))
-  test.assertGreater(moved, 0.0)
-  test.assertLess(diff / moved, tolerance)
+from tests import test_util
 
 
 def fixed_batch_loss(config, params):
@@ -72,7 +42,7 @@ class TrainLoopTest(parameterized.TestCase):
     super().setUpClass()
     cls.tmp = tempfile.mkdtemp()
     # One uninterrupted 20-step run, shared by the tests below.
-    cls.config = tiny_config()
+    cls.config = test_util.config()
     cls.full = train.train_and_evaluate(cls.config, os.path.join(cls.tmp, "full"))
 
   def test_loss_falls(self):
@@ -87,45 +57,46 @@ class TrainLoopTest(parameterized.TestCase):
 
   def test_resume_is_bit_exact(self):
     workdir = os.path.join(self.tmp, "resumed")
-    first = train.train_and_evaluate(tiny_config(**{"train.num_steps": 10}), workdir)
+    first = train.train_and_evaluate(test_util.config(**{"train.num_steps": 10}), workdir)
     self.assertEqual(int(first.step), 10)
     resumed = train.train_and_evaluate(self.config, workdir)
     self.assertEqual(int(resumed.step), 20)
-    for a, b in zip(leaves(resumed), leaves(self.full), strict=True):
+    for a, b in zip(test_util.leaves(resumed), test_util.leaves(self.full), strict=True):
       np.testing.assert_array_equal(a, b)
     self.assertEqual(checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps(), [10, 20])
 
   def test_several_steps_per_call_equal_single_steps(self):
-    short = {**ONE_LEVEL, "train.num_steps": 4, "train.log_every": 4, "train.checkpoint_every": 4}
-    single = train.train_and_evaluate(tiny_config(**short), os.path.join(self.tmp, "single4"))
-    scanned = train.train_and_evaluate(tiny_config(**short, **{"train.steps_per_call": 2}),
+    short = {**test_util.ONE_LEVEL, "train.num_steps": 4, "train.log_every": 4, "train.checkpoint_every": 4}
+    single = train.train_and_evaluate(test_util.config(**short), os.path.join(self.tmp, "single4"))
+    scanned = train.train_and_evaluate(test_util.config(**short, **{"train.steps_per_call": 2}),
                                        os.path.join(self.tmp, "scan4"))
     self.assertEqual(int(scanned.step), 4)
-    config = tiny_config(**short)
+    config = test_util.config(**short)
     initial = train.create_train_state(config, unet.create_model(config), jax.random.key(0))
-    assert_same_trajectory(self, scanned.params, single.params, initial.params)
+    test_util.assert_same_trajectory(self, scanned.params, single.params, initial.params)
 
   def test_ema_follows_its_definition(self):
     # After one step from params p0 with update to p1: ema = r p0 + (1 - r) p1.
-    config = tiny_config(**{"train.num_steps": 1, "train.log_every": 1, "train.checkpoint_every": 1})
+    config = test_util.config(**{"train.num_steps": 1, "train.log_every": 1, "train.checkpoint_every": 1})
     model = unet.create_model(config)
     state0 = train.create_train_state(config, model, jax.random.key(0))
     state1 = train.train_and_evaluate(config, os.path.join(self.tmp, "ema"))
     rate = config.ema_rates[0]
+    leaves = test_util.leaves
     for e, p0, p1 in zip(leaves(state1.ema_params[0]), leaves(state0.params), leaves(state1.params)):
       np.testing.assert_allclose(e, rate * p0 + (1 - rate) * p1, rtol=1e-5, atol=1e-7)
 
   def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(self):
     workdir = os.path.join(self.tmp, "nan")
-    good = train.train_and_evaluate(tiny_config(**{**ONE_LEVEL, "train.num_steps": 4}), workdir)
-    bad_config = tiny_config(**{**ONE_LEVEL, "optim.learning_rate": 1e30, "train.num_steps": 8, "train.log_every": 2,
-                                "train.checkpoint_every": 2})
+    good = train.train_and_evaluate(test_util.config(test_util.ONE_LEVEL, {"train.num_steps": 4}), workdir)
+    bad_config = test_util.config(test_util.ONE_LEVEL, {"optim.learning_rate": 1e30, "train.num_steps": 8,
+                                                          "train.log_every": 2, "train.checkpoint_every": 2})
     with self.assertRaisesRegex(train.NonFiniteLossError, r"NaN/inf at step [5-8].*last good checkpoint \(step 4\)"):
       train.train_and_evaluate(bad_config, workdir)
     checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
     self.assertEqual(checkpointer.latest_step(), 4)
     restored = checkpointer.restore(good)
-    for a, b in zip(leaves(restored), leaves(good), strict=True):
+    for a, b in zip(test_util.leaves(restored), test_util.leaves(good), strict=True):
       np.testing.assert_array_equal(a, b)
 
   def test_a_changed_model_is_named_on_resume(self):
@@ -133,11 +104,11 @@ class TrainLoopTest(parameterized.TestCase):
     with self.assertRaisesRegex(config_checks.ConfigError,
                                 r"differs from the one the checkpoint at step 20(.|\n)*model.model_channels: trained "
                                 r"with 32, given 64"):
-      train.train_and_evaluate(tiny_config(**{"model.model_channels": 64, "train.num_steps": 30}), workdir)
+      train.train_and_evaluate(test_util.config(**{"model.model_channels": 64, "train.num_steps": 30}), workdir)
 
   def test_a_damaged_checkpoint_is_reported_and_nothing_is_deleted(self):
     workdir = os.path.join(self.tmp, "damaged")
-    state = train.train_and_evaluate(tiny_config(**{"train.num_steps": 10}), workdir)
+    state = train.train_and_evaluate(test_util.config(**{"train.num_steps": 10}), workdir)
     step_dir = os.path.join(workdir, "checkpoints", "10")
     files = sorted(os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs)
     data_files = [f for f in files if "ocdbt" in f or os.path.basename(f).startswith("d")] or files
@@ -155,30 +126,30 @@ class MultiDeviceTest(absltest.TestCase):
     tmp = tempfile.mkdtemp()
     script = (
         "import sys, json, numpy as np, jax\n"
-        "from tests.train_test import tiny_config\n"
+        "from tests import test_util\n"
         "from debias_jax import train\n"
-        "from tests.train_test import ONE_LEVEL\n"
-        "state = train.train_and_evaluate(tiny_config(**{**ONE_LEVEL, 'train.num_steps': 4, 'train.log_every': 1,"
-        " 'train.checkpoint_every': 4}), sys.argv[1])\n"
+        "config = test_util.config(test_util.ONE_LEVEL, {'train.num_steps': 4, 'train.log_every': 1,"
+        " 'train.checkpoint_every': 4})\n"
+        "state = train.train_and_evaluate(config, sys.argv[1])\n"
         "first = json.loads(open(sys.argv[1] + '/metrics.jsonl').readline())\n"
         "leaves = jax.tree.leaves(jax.device_get(state.params))\n"
         "np.savez(sys.argv[1] + '.npz', *leaves, n=len(jax.devices()), loss0=first['loss'],"
         " gnorm0=first['grad_norm'])\n")
     results = {}
     for devices in (1, 8):
-      flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
-      env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+      env = test_util.devices_env(devices)
       out = os.path.join(tmp, f"d{devices}")
-      proc = subprocess.run([sys.executable, "-c", script, out], cwd=REPO, env=env, capture_output=True, text=True)
+      proc = subprocess.run([sys.executable, "-c", script, out], cwd=test_util.REPO, env=env, capture_output=True,
+                            text=True)
       self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
       results[devices] = np.load(out + ".npz")
       self.assertEqual(int(results[devices]["n"]), devices)
     one, eight = results[1], results[8]
     self.assertGreater(len(one.files), 10)
-    config = tiny_config(**ONE_LEVEL)
+    config = test_util.config(**test_util.ONE_LEVEL)
     initial = train.create_train_state(config, unet.create_model(config), jax.random.key(0))
     as_list = lambda npz: [npz[f"arr_{i}"] for i in range(len(npz.files) - 3)]
-    assert_same_trajectory(self, as_list(eight), as_list(one), initial.params)
+    test_util.assert_same_trajectory(self, as_list(eight), as_list(one), initial.params)
     # The first step (same params, same per-example noise and t, gradients all-reduced) agrees to float precision.
     np.testing.assert_allclose(results[1]["loss0"], results[8]["loss0"], rtol=1e-5)
     np.testing.assert_allclose(results[1]["gnorm0"], results[8]["gnorm0"], rtol=1e-4)
@@ -201,16 +172,16 @@ class ConfigValidationTest(parameterized.TestCase):
       ("optim.learning_rate", -1.0, "optim.learning_rate"),
   )
   def test_invalid_config_names_the_field(self, field, value, pattern, extra=None):
-    config = tiny_config(**{field: value, **(extra or {})})
+    config = test_util.config(**{field: value, **(extra or {})})
     with self.assertRaisesRegex(ValueError, pattern):
       config_checks.validate(config)
 
   def test_batch_not_divisible_by_devices(self):
     with self.assertRaisesRegex(ValueError, "train.batch_size=12 is not divisible by the 8 devices"):
-      config_checks.validate(tiny_config(**{"train.batch_size": 12}), num_devices=8)
+      config_checks.validate(test_util.config(**{"train.batch_size": 12}), num_devices=8)
 
   def test_valid_configs_pass(self):
-    config_checks.validate(tiny_config(), num_devices=1)
+    config_checks.validate(test_util.config(), num_devices=1)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Tests of the ADM UNet: parameter counts against guided-diffusion, shapes, dtypes, exact equivalences."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import functools
-import importlib.util
-import os
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -12,28 +12,12 @@ import numpy as np
 
 from debias_jax.models import conv
 from debias_jax.models import unet
-
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "default.py")
-
-
-def _default_config():
-  spec = importlib.util.spec_from_file_location("default_config", _DEFAULT_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
+from tests import test_util
 
 def _config(**overrides):
   """The default config with data.* / model.* overrides given as data_x=... / x=..."""
-  config = _default_config()
-  with config.unlocked():
-    config.model.use_new_attention_order = False
-    for key, value in overrides.items():
-      if key.startswith("data_"):
-        config.data[key[len("data_"):]] = value
-      else:
-        config.model[key] = value
-  return config
+  return test_util.config({(f"data.{k[len('data_'):]}" if k.startswith("data_") else f"model.{k}"): v
+                           for k, v in overrides.items()}, base="default")
 
 
 def _paper_config(image_size, channel_mult, num_classes, **overrides):

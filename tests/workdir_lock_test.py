@@ -5,6 +5,8 @@ and, in a subprocess, on gs:// paths that etils.epath serves from fsspec's in-me
 0.1 s and leases of 0.6 s keep every test under a few seconds; every subprocess has a timeout.
 """
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import dataclasses
 import os
 import select

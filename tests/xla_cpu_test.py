@@ -1,6 +1,8 @@
 """The entry points' XLA:CPU settings: 512-bit vectors on AVX-512 CPUs and the cores as devices, never overriding
 the user's choice."""
 
+import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
+
 import os
 import tempfile
 
