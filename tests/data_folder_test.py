@@ -17,7 +17,7 @@ from debias_jax.data import pipeline
 def folder_config(root, **overrides):
   config = ml_collections.ConfigDict({
       "source": "folder", "name": "", "split": "train", "data_dir": root, "image_size": 8, "channels": 3,
-      "num_classes": 0, "random_flip": False, "shuffle_buffer": 0})
+      "num_classes": 0, "random_flip": False})
   for key, value in overrides.items():
     config[key] = value
   return config

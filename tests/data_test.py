@@ -14,7 +14,7 @@ from debias_jax.data import pipeline
 def data_config(**overrides):
   config = ml_collections.ConfigDict({
       "source": "embedded", "name": "digits", "split": "train", "data_dir": "", "image_size": 8, "channels": 1,
-      "num_classes": 0, "random_flip": False, "shuffle_buffer": 10_000})
+      "num_classes": 0, "random_flip": False})
   for key, value in overrides.items():
     config[key] = value
   return config

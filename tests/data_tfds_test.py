@@ -56,7 +56,7 @@ class DebiasTinyImages(tfds.core.GeneratorBasedBuilder):
 def tfds_config(data_dir, name="debias_tiny_images", **overrides):
   config = ml_collections.ConfigDict({
       "source": "tfds", "name": name, "split": "train", "data_dir": data_dir, "image_size": 8, "channels": 3,
-      "num_classes": 0, "random_flip": False, "shuffle_buffer": 0})
+      "num_classes": 0, "random_flip": False})
   for key, value in overrides.items():
     config[key] = value
   return config
