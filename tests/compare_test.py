@@ -12,6 +12,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from configs.compare import quick
+from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import jsonl
 from debias_jax import train
@@ -130,7 +131,7 @@ class QuickPresetEndToEndTest(absltest.TestCase):
   def test_arms_differ_only_in_their_loss(self):
     configs = {}
     for arm in plan.study_arms(self.config):
-      configs[arm.name] = train.load_config(plan.arm_dir(self.workdir, arm))
+      configs[arm.name] = checkpointing.load_config(plan.arm_dir(self.workdir, arm))
       self.assertEqual((configs[arm.name].loss.target, configs[arm.name].loss.weighting),
                        (arm.target, arm.weighting))
       self.assertEqual(configs[arm.name].train.checkpoint_every, 2)

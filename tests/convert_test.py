@@ -26,7 +26,7 @@ import numpy as np
 from configs import tiny
 from debias_jax import checkpointing
 from debias_jax import convert
-from debias_jax import train
+from debias_jax import train_state
 from debias_jax.models import unet
 
 _REFERENCE = os.path.join(os.path.dirname(__file__), "testdata", "guided_diffusion_reference.npz")
@@ -340,7 +340,7 @@ class CommandLineTest(absltest.TestCase):
     np.savez(os.path.join(tmp, "m.npz"), **sd)
     config, workdir = self._full_config(), os.path.join(tmp, "out")
     params = convert.run(config, os.path.join(tmp, "m.npz"), workdir)
-    template = train.state_from_params(config, params)
+    template = train_state.state_from_params(config, params)
     restored = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir)).restore(template)
     self.assertEqual(int(restored.step), 0)
     for tree in (restored.params, restored.ema_params[0]):

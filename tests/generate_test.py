@@ -16,7 +16,7 @@ from debias_jax import config_checks
 from debias_jax import generate
 from debias_jax import parallel
 from debias_jax import sampling
-from debias_jax import train
+from debias_jax import train_state
 from debias_jax.models import unet
 
 
@@ -52,14 +52,14 @@ def random_params(config, seed=0, scale=0.2):
 
 def write_checkpoint(config, workdir, steps=(5,), params=None, ema_params=None):
   """Saves a train state (random params unless given) at each of `steps`, and config.json, as training would."""
-  state = train.state_from_params(config, random_params(config) if params is None else params)
+  state = train_state.state_from_params(config, random_params(config) if params is None else params)
   if ema_params is not None:
     state = state.replace(ema_params=(jax.tree.map(jnp.asarray, ema_params),))
   checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir))
   for step in steps:
     checkpointer.save(state.replace(step=jnp.asarray(step, jnp.int32)))
   checkpointer.close()
-  train.save_config(config, workdir)
+  checkpointing.save_config(config, workdir)
   return state
 
 

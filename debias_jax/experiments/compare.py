@@ -115,7 +115,7 @@ def check_same_training(c, directory: str) -> None:
   """Raises ConfigError if the arm in `directory` was trained with another config than `c` (its length aside)."""
   if not (epath.Path(directory) / "config.json").exists():
     return
-  differences = config_checks.differences_from_saved(c, train.load_config(directory), TRAINING_FIELDS,
+  differences = config_checks.differences_from_saved(c, checkpointing.load_config(directory), TRAINING_FIELDS,
                                                      ignore=config_checks.OPERATIONAL_FIELDS)
   if differences:
     raise config_checks.ConfigError(
