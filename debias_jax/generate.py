@@ -22,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import logs
 from debias_jax import parallel
