@@ -35,6 +35,7 @@ from debias_jax import config_checks
 from debias_jax import parallel
 from debias_jax import sampling
 from debias_jax import train
+from debias_jax import train_state
 from debias_jax import xla_cpu
 from debias_jax.diffusion import losses
 from debias_jax.diffusion import weighting
@@ -188,7 +189,7 @@ def benchmark_train(config, mesh, model, schedule, *, steps: int, warmup_calls: 
   batch_size = int(config.train.batch_size)
   devices = mesh.devices.size
   replicated = parallel.replicated(mesh)
-  state = jax.jit(lambda rng: train.create_train_state(config, model, rng),
+  state = jax.jit(lambda rng: train_state.create_train_state(config, model, rng),
                   out_shardings=replicated)(jax.random.key(int(config.seed)))
   fresh_sums = jax.jit(lambda: train.init_metric_sums(schedule.num_steps), out_shardings=replicated)
   sums = fresh_sums()

@@ -73,14 +73,14 @@ class JaxWorker:
 
   def __init__(self, config):
     import jax  # pylint: disable=g-import-not-at-top
-    from debias_jax import benchmark, parallel, sampling, train  # pylint: disable=g-import-not-at-top
+    from debias_jax import benchmark, parallel, sampling, train, train_state  # pylint: disable=g-import-not-at-top
     from debias_jax.models import unet  # pylint: disable=g-import-not-at-top
     self.jax, self.benchmark, self.config = jax, benchmark, config
     self.mesh = parallel.create_mesh()
     self.model = unet.create_model(config)
     self.schedule = sampling.training_schedule(config)
     replicated = parallel.replicated(self.mesh)
-    self.state = jax.jit(lambda rng: train.create_train_state(config, self.model, rng),
+    self.state = jax.jit(lambda rng: train_state.create_train_state(config, self.model, rng),
                          out_shardings=replicated)(jax.random.key(int(config.seed)))
     self.sums = jax.jit(lambda: train.init_metric_sums(self.schedule.num_steps), out_shardings=replicated)()
     self.batch_size = int(config.train.batch_size)

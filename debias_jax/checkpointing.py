@@ -8,17 +8,25 @@ Saves are asynchronous. Only committed checkpoints count (`all_steps`); a save t
 CheckpointSaveError, once, naming the path and the cause. A checkpoint that cannot be read -- any file missing or
 corrupt -- raises CheckpointError saying so, with the command that sets it aside; nothing is ever deleted here
 except orbax's own unfinished temporary folders.
+
+`restore_state` is how sampling, evaluation and analysis read a workdir's train state (checked against the config
+it was trained with); `save_converted` writes imported params as a step-0 checkpoint.
 """
 
 from __future__ import annotations
+
+import json
 
 from absl import logging
 from etils import epath
 import flax.serialization
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
+from debias_jax import config_checks
 from debias_jax import storage
+from debias_jax import train_state
 
 STATE_ITEM, CONFIG_ITEM = "default", "config"
 TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -209,3 +217,75 @@ def remove_unfinished_saves(directory: str) -> list[str]:
 
 def checkpoint_dir(workdir: str) -> str:
   return str(epath.Path(workdir) / "checkpoints")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Train states in a workdir: their provenance (the config), restoring one, writing imported params as one.
+
+
+def save_config(config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    storage.write_atomic(epath.Path(workdir) / "config.json", config.to_json_best_effort(indent=2))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(json.loads((epath.Path(workdir) / "config.json").read_text()))
+
+
+def saved_config(checkpointer, step: int, workdir: str) -> dict | None:
+  """The config the checkpoint at `step` was trained with: saved with it, or (older checkpoints) config.json."""
+  saved = checkpointer.saved_config(step)
+  if saved is None and (epath.Path(workdir) / "config.json").exists():
+    saved = load_config(workdir).to_dict()
+  return saved
+
+
+def restore_state(config, workdir: str, step: int | None = None, mesh=None) -> train_state.TrainState:
+  """The train state saved in `workdir` at `step` (None or -1: the latest), replicated over `mesh`.
+
+  For sampling, evaluation and analysis of a finished or running training: a missing checkpoint is named with
+  the command that writes one, and a config that does not describe what was trained (model, diffusion, loss,
+  data) is refused, listing every difference, before anything is computed.
+  """
+  directory = checkpoint_dir(workdir)
+  train_hint = (f"Train first: python -m debias_jax.main --config=<the config> --workdir={workdir} (--mode train), "
+                f"or import PyTorch weights with python -m debias_jax.convert.")
+  if not epath.Path(directory).is_dir():
+    raise CheckpointError(f"No checkpoints in {storage.absolute(workdir)} (no {directory} folder). {train_hint}")
+  checkpointer = Checkpointer(directory, async_save=False)
+  try:
+    steps = checkpointer.all_steps()
+    if not steps:
+      raise CheckpointError(f"{checkpointer.directory} holds no checkpoint. {train_hint}")
+    step = max(steps) if step is None or int(step) < 0 else int(step)
+    if step not in steps:
+      raise CheckpointError(f"No checkpoint at step {step} in {checkpointer.directory}; it holds "
+                            f"steps {sorted(steps)} (-1 picks the latest).")
+    saved = saved_config(checkpointer, step, workdir)
+    if saved is None:
+      logging.warning("No config saved with the checkpoint at step %d in %s: cannot check that the config matches "
+                      "the trained model.", step, checkpointer.directory)
+    else:
+      differences = config_checks.check_provenance(config, saved, f"the checkpoint at step {step} in "
+                                                   f"{checkpointer.directory}", training=False)
+      if differences:
+        logging.warning("Using the checkpoint with a changed config (allow_config_change): %s",
+                        "; ".join(differences))
+    return checkpointer.restore(train_state.abstract_state(config, mesh), step)
+  finally:
+    checkpointer.close()
+
+
+def save_converted(workdir: str, config, params) -> str:
+  """Writes imported params (e.g. from a PyTorch checkpoint) as a step-0 train state: params = every EMA."""
+  state = train_state.state_from_params(config, params)
+  checkpointer = Checkpointer(checkpoint_dir(workdir), keep=int(config.train.keep_checkpoints))
+  if checkpointer.latest_step() is not None:
+    raise CheckpointError(f"{checkpointer.directory} already holds checkpoints (steps "
+                          f"{checkpointer.all_steps()}); convert into an empty --workdir so nothing "
+                          f"is overwritten.")
+  checkpointer.save(state, config)
+  checkpointer.close()
+  save_config(config, workdir)
+  logging.info("Wrote the converted params to %s (step 0).", checkpointer.directory)
+  return checkpointer.directory

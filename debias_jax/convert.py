@@ -4,7 +4,7 @@
 
 Reads `.pt`/`.pth` (needs torch: `pip install debias_jax[torch]`), `.npz` or `.safetensors` files whose keys are
 guided-diffusion's module paths (`input_blocks.1.0.in_layers.2.weight`, ...), converts them with
-`convert_state_dict` and hands the params to `debias_jax.train.save_converted`.
+`convert_state_dict` and hands the params to `debias_jax.checkpointing.save_converted`.
 
 Layouts: PyTorch conv kernels (O, I, kh, kw) become HWIO, linear weights (O, I) and the 1x1 conv1d weights of
 attention (O, I, 1) become (I, O) dense kernels, GroupNorm weight becomes scale. The qkv channels keep their
@@ -23,7 +23,7 @@ from etils import epath
 import jax
 import numpy as np
 
-from debias_jax import train
+from debias_jax import checkpointing
 from debias_jax.models import unet as unet_lib
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -329,7 +329,7 @@ def run(config, checkpoint: str, workdir: str) -> dict:
   params = convert_file(checkpoint, config)
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   print(f"Converted {checkpoint}: {count:,} parameters.")
-  train.save_converted(workdir, config, params)
+  checkpointing.save_converted(workdir, config, params)
   print(f"Wrote the converted checkpoint to {workdir}: sample, evaluate, analyse or fine-tune it from there.")
   return params
 

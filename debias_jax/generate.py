@@ -22,12 +22,12 @@ import jax
 import ml_collections
 import numpy as np
 
+from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import logs
 from debias_jax import parallel
 from debias_jax import sampling
 from debias_jax import storage
-from debias_jax import train
 from debias_jax.models import unet
 
 SAMPLE_KEY = 0x5A3F          # fold_in(seed key, SAMPLE_KEY) starts every sample stream of sample/eval
@@ -47,7 +47,7 @@ class Restored:
 def restore_params(config, workdir: str, step: int = -1, use_ema: bool = True, mesh=None) -> Restored:
   """The params to sample with from the checkpoint at `step` (-1: the latest): the first EMA copy or the raw ones."""
   mesh = parallel.create_mesh() if mesh is None else mesh
-  state = train.restore_state(config, workdir, None if int(step) < 0 else int(step), mesh)
+  state = checkpointing.restore_state(config, workdir, None if int(step) < 0 else int(step), mesh)
   params = state.ema_params[0] if use_ema else state.params
   name = f"ema{float(config.ema_rates[0]):g}" if use_ema else "params"
   return Restored(unet.create_model(config), params, int(jax.device_get(state.step)), name, mesh)

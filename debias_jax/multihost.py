@@ -165,5 +165,5 @@ def check_processes_agree(config=None, **values: Any) -> None:
   listing = "\n  ".join(lines) if lines else "(fingerprints differ; the fields could not be named)"
   raise ProcessMismatchError(
       f"The {jax.process_count()} processes of this run disagree, so they would hang or train different models:\n"
-      f"  {listing}\nGive every host the same checkout of the repository (launch/tpu_vm.sh setup copies one to all "
+      f"  {listing}\nGive every host the same checkout of the repository (launch/tpu_setup.sh copies one to all "
       f"workers), the same --config file, overrides and --workdir, and the same number of accelerators.")

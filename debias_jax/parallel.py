@@ -33,10 +33,3 @@ def global_batch(local_batch: dict, mesh: Mesh, leading_axes: int = 0) -> dict:
   sharding = batch_sharding(mesh, leading_axes)
   return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
           for name, value in local_batch.items()}
-
-
-def check_batch_divisible(global_batch_size: int, mesh: Mesh, field: str = "train.batch_size") -> None:
-  devices = mesh.devices.size
-  if global_batch_size % devices:
-    raise ValueError(f"{field}={global_batch_size} is not divisible by the {devices} devices of the mesh; "
-                     f"use a multiple of {devices}.")

@@ -1,4 +1,4 @@
-"""Training: the train state, one pure jitted train step, and the thin loop that drives it.
+"""Training: one pure jitted train step and the thin loop that drives it (the state itself: train_state.py).
 
 The loop: data -> step -> metrics / sample grids / checkpoints, resuming from the workdir's latest checkpoint.
 The per-step randomness is fold_in(run key, step), and the batch at step s is a pure function of (seed, s), so a
@@ -10,11 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from typing import Any
 
 from absl import logging
 from etils import epath
-import flax
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
@@ -31,6 +29,7 @@ from debias_jax import preemption
 from debias_jax import sampling
 from debias_jax import storage
 from debias_jax import summaries
+from debias_jax import train_state
 from debias_jax import workdir_lock
 from debias_jax.data import pipeline
 from debias_jax.diffusion import losses
@@ -39,45 +38,6 @@ from debias_jax.models import unet
 
 NO_NONFINITE_STEP = np.iinfo(np.int32).max
 CONFIG_CHANGES = "config_changes.jsonl"   # deliberate config changes on resume (allow_config_change), per step
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array          # int32 scalar: number of updates applied
-  params: Any
-  ema_params: tuple        # one params tree per config.ema_rates
-  opt_state: Any
-  rng: jax.Array           # uint32 key data of the run's base key
-
-
-def learning_rate_schedule(optim_config) -> optax.Schedule:
-  """The learning rate at each step: constant, after an optional linear warm-up."""
-  lr = float(optim_config.learning_rate)
-  warmup = int(optim_config.warmup_steps)
-  if warmup <= 0:
-    return optax.constant_schedule(lr)
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
-
-
-def make_optimizer(optim_config) -> optax.GradientTransformation:
-  """AdamW with an optional linear warm-up and global-norm clipping (the authors: lr 2e-5, no decay, neither)."""
-  adamw = optax.adamw(learning_rate_schedule(optim_config), b1=float(optim_config.b1), b2=float(optim_config.b2),
-                      eps=float(optim_config.eps), weight_decay=float(optim_config.weight_decay))
-  clip = float(optim_config.grad_clip_norm)
-  return optax.chain(optax.clip_by_global_norm(clip), adamw) if clip > 0 else adamw
-
-
-def state_from_params(config, params) -> TrainState:
-  """A step-0 state whose EMA copies start at `params` (as guided-diffusion does)."""
-  params = jax.tree.map(jnp.asarray, params)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    ema_params=tuple(params for _ in config.ema_rates),
-                    opt_state=make_optimizer(config.optim).init(params),
-                    rng=jax.random.key_data(jax.random.key(int(config.seed))))
-
-
-def create_train_state(config, model, rng) -> TrainState:
-  return state_from_params(config, unet.init_params(model, rng))
 
 
 def init_metric_sums(num_steps: int) -> dict:
@@ -93,11 +53,11 @@ def make_train_step(config, model, schedule):
   arrays carry a leading axis of K steps and the call runs them in a lax.scan."""
   weights = weighting.loss_weights_from_config(schedule, config.loss)
   loss_fn = losses.make_loss_fn(schedule, weights, config.loss.target, bool(config.model.learn_sigma))
-  tx = make_optimizer(config.optim)
+  tx = train_state.make_optimizer(config.optim)
   rates = tuple(float(r) for r in config.ema_rates)
   conditional = int(config.data.get("num_classes", 0)) > 0
 
-  def one_step(state: TrainState, sums: dict, batch: dict):
+  def one_step(state: train_state.TrainState, sums: dict, batch: dict):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     loss_key, dropout_key = jax.random.split(key)
     labels = batch["label"] if conditional else None
@@ -134,7 +94,7 @@ def make_train_step(config, model, schedule):
   return multi_step
 
 
-def state_norms(state: TrainState, rates) -> dict:
+def state_norms(state: train_state.TrainState, rates) -> dict:
   """Global norm of the params and each EMA copy's distance from them, relative to that norm: how far the
   averaged weights trail the trained ones (a jitted pass over the params, run when the loop logs)."""
   norm = optax.tree.norm(state.params)
@@ -142,15 +102,6 @@ def state_norms(state: TrainState, rates) -> dict:
   for rate, ema in zip(rates, state.ema_params):
     out[f"ema{float(rate):g}_distance"] = optax.tree.norm(jax.tree.map(jnp.subtract, ema, state.params)) / norm
   return out
-
-
-def save_config(config, workdir: str) -> None:
-  if jax.process_index() == 0:
-    storage.write_atomic(epath.Path(workdir) / "config.json", config.to_json_best_effort(indent=2))
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(json.loads((epath.Path(workdir) / "config.json").read_text()))
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -183,17 +134,9 @@ def _write_samples(config, generator, state, step, workdir, writer, stop) -> Non
   writer.write_images(step, {"samples": grid[None]})
 
 
-def saved_config(checkpointer, step: int, workdir: str) -> dict | None:
-  """The config the checkpoint at `step` was trained with: saved with it, or (older checkpoints) config.json."""
-  saved = checkpointer.saved_config(step)
-  if saved is None and (epath.Path(workdir) / "config.json").exists():
-    saved = load_config(workdir).to_dict()
-  return saved
-
-
 def _check_resumed_config(config, checkpointer, step: int, workdir: str) -> None:
   """Refuses to resume with a changed config unless allowed; an allowed change is recorded."""
-  saved = saved_config(checkpointer, step, workdir)
+  saved = checkpointing.saved_config(checkpointer, step, workdir)
   if saved is None:
     return
   where = f"the checkpoint at step {step} in {checkpointer.directory}"
@@ -214,12 +157,12 @@ def _drop_metrics_after(workdir: str, step: int) -> None:
 
 def _start_or_resume(config, model, checkpointer, workdir: str, replicated):
   """The latest checkpoint's state (after checking the config against it), or a fresh one."""
-  init = jax.jit(lambda rng: create_train_state(config, model, rng), out_shardings=replicated)
+  init = jax.jit(lambda rng: train_state.create_train_state(config, model, rng), out_shardings=replicated)
   step = checkpointer.latest_step()
   if step is None:
     return init(jax.random.key(int(config.seed)))
   _check_resumed_config(config, checkpointer, step, workdir)
-  template = abstract_state(config, replicated.mesh)
+  template = train_state.abstract_state(config, replicated.mesh)
   state = checkpointer.restore(template, step)
   logging.info("Resumed from the checkpoint at step %d in %s.", step, checkpointer.directory)
   return state
@@ -244,7 +187,7 @@ class _Loop:
         out_shardings=(replicated, replicated), donate_argnums=(0, 1))
     self.fresh_sums = jax.jit(lambda: init_metric_sums(schedule.num_steps), out_shardings=replicated)
     self.norms = jax.jit(lambda s: state_norms(s, config.ema_rates))
-    self.learning_rate = learning_rate_schedule(config.optim)
+    self.learning_rate = train_state.learning_rate_schedule(config.optim)
     self.generator = sampling.Generator(config, model, mesh, schedule)
     self.writer = summaries.create_writer(workdir, is_main=jax.process_index() == 0)
 
@@ -275,7 +218,7 @@ class _Loop:
     self.writer.flush()
     jsonl.append(epath.Path(self.workdir) / "metrics.jsonl", {"step": step, **metrics})
 
-  def run(self, state, start: int, lock) -> TrainState:
+  def run(self, state, start: int, lock) -> train_state.TrainState:
     """Steps from `start` to train.num_steps; raises preemption.Preempted after saving if stopped early."""
     t, config = self.config.train, self.config
     every = lambda n, step: n > 0 and step % n == 0
@@ -323,7 +266,7 @@ class _Loop:
     return state
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_state.TrainState:
   """Trains config.train.num_steps steps in `workdir`, resuming from its latest checkpoint; returns the state.
 
   Everything that can be wrong with the inputs (config, data, workdir lock, the config of the checkpoint to
@@ -350,7 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if step % int(config.train.steps_per_call):
         raise ValueError(f"The checkpoint is at step {step}, not a multiple of train.steps_per_call="
                          f"{config.train.steps_per_call}; resume with the steps_per_call it was trained with.")
-      save_config(config, workdir)
+      checkpointing.save_config(config, workdir)
       _drop_metrics_after(workdir, step)
       loop = _Loop(config, workdir, checkpointer, stop, mesh, model)
       if step == 0:
@@ -387,65 +330,3 @@ def _close_quietly(checkpointer, error: BaseException) -> None:
   except checkpointing.CheckpointError as e:
     if str(e) != str(error):
       logging.error("%s", e)
-
-
-def abstract_state(config, mesh=None) -> TrainState:
-  """The train state's shapes and dtypes (no FLOPs), replicated over `mesh`: a template for restoring."""
-  mesh = parallel.create_mesh() if mesh is None else mesh
-  model = unet.create_model(config)
-  replicated = parallel.replicated(mesh)
-  template = jax.eval_shape(lambda rng: create_train_state(config, model, rng), jax.random.key(int(config.seed)))
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), template)
-
-
-def restore_state(config, workdir: str, step: int | None = None, mesh=None) -> TrainState:
-  """The train state saved in `workdir` at `step` (None or -1: the latest), replicated over `mesh`.
-
-  For sampling, evaluation and analysis of a finished or running training: a missing checkpoint is named with
-  the command that writes one, and a config that does not describe what was trained (model, diffusion, loss,
-  data) is refused, listing every difference, before anything is computed.
-  """
-  directory = checkpointing.checkpoint_dir(workdir)
-  train_hint = (f"Train first: python -m debias_jax.main --config=<the config> --workdir={workdir} (--mode train), "
-                f"or import PyTorch weights with python -m debias_jax.convert.")
-  if not epath.Path(directory).is_dir():
-    raise checkpointing.CheckpointError(f"No checkpoints in {storage.absolute(workdir)} (no {directory} folder). "
-                                        f"{train_hint}")
-  checkpointer = checkpointing.Checkpointer(directory, async_save=False)
-  try:
-    steps = checkpointer.all_steps()
-    if not steps:
-      raise checkpointing.CheckpointError(f"{checkpointer.directory} holds no checkpoint. {train_hint}")
-    step = max(steps) if step is None or int(step) < 0 else int(step)
-    if step not in steps:
-      raise checkpointing.CheckpointError(f"No checkpoint at step {step} in {checkpointer.directory}; it holds "
-                                          f"steps {sorted(steps)} (-1 picks the latest).")
-    saved = saved_config(checkpointer, step, workdir)
-    if saved is None:
-      logging.warning("No config saved with the checkpoint at step %d in %s: cannot check that the config matches "
-                      "the trained model.", step, checkpointer.directory)
-    else:
-      differences = config_checks.check_provenance(config, saved, f"the checkpoint at step {step} in "
-                                                   f"{checkpointer.directory}", training=False)
-      if differences:
-        logging.warning("Using the checkpoint with a changed config (allow_config_change): %s",
-                        "; ".join(differences))
-    return checkpointer.restore(abstract_state(config, mesh), step)
-  finally:
-    checkpointer.close()
-
-
-def save_converted(workdir: str, config, params) -> str:
-  """Writes imported params (e.g. from a PyTorch checkpoint) as a step-0 train state: params = every EMA."""
-  state = state_from_params(config, params)
-  checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir),
-                                           keep=int(config.train.keep_checkpoints))
-  if checkpointer.latest_step() is not None:
-    raise checkpointing.CheckpointError(f"{checkpointer.directory} already holds checkpoints (steps "
-                                        f"{checkpointer.all_steps()}); convert into an empty --workdir so nothing "
-                                        f"is overwritten.")
-  checkpointer.save(state, config)
-  checkpointer.close()
-  save_config(config, workdir)
-  logging.info("Wrote the converted params to %s (step 0).", checkpointer.directory)
-  return checkpointer.directory

@@ -107,7 +107,7 @@ class ExactDenoiserTest(absltest.TestCase):
     delta = np.array([0.0, 0.2, -0.1], np.float32)
     for shift in (None, delta):
       model_fn = gmm_analysis.exact_model_fn(self.mix, SCHEDULE, "eps", x0_shift=shift)
-      x0_hat = np.asarray(bias.jitted_first_step(model_fn, SCHEDULE, "eps", False)(x_T))
+      x0_hat = np.asarray(jax.jit(lambda x: bias.first_step_prediction(model_fn, SCHEDULE, "eps", x))(x_T))
       reference = np.asarray(self.mix.posterior_mean(x_T, SCHEDULE.alphas_cumprod[-1]))
       stats = bias.mean_prediction_stats(x0_hat, self.mix.mean, reference)
       expected = np.zeros(3) if shift is None else delta

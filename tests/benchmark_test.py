@@ -14,7 +14,6 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from debias_jax import benchmark
 from debias_jax import parallel

@@ -25,6 +25,7 @@ import numpy as np
 
 from debias_jax import checkpointing
 from debias_jax import train
+from debias_jax import train_state
 from tests import test_util
 
 TESTDATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata", "checkpoint_v1")
@@ -74,7 +75,7 @@ class CheckpointFormatTest(absltest.TestCase):
       expected = json.load(f)
     checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(copy_of_testdata(self)))
     self.assertEqual(checkpointer.all_steps(), [STEP])
-    restored = checkpointer.restore(train.abstract_state(config))
+    restored = checkpointer.restore(train_state.abstract_state(config))
     checkpointer.close()
     self.assertEqual(int(restored.step), expected["step"])
     got = leaf_records(restored)

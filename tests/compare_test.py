@@ -13,11 +13,13 @@ from unittest import mock
 from absl.testing import absltest
 from absl.testing import parameterized
 
+from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import jsonl
 from debias_jax import train
 from debias_jax.analysis import study as analysis_study
 from debias_jax.experiments import compare
+from debias_jax.experiments import plan
 from debias_jax.experiments import report
 from tests import test_util
 
@@ -93,8 +95,8 @@ class QuickPresetEndToEndTest(absltest.TestCase):
     self.assertIn("python -m debias_jax.experiments.compare --test", sections["Command"])
 
   def test_the_report_numbers_are_the_saved_results(self):
-    for arm in compare.study_arms(self.config):
-      directory = compare.arm_dir(self.workdir, arm)
+    for arm in plan.study_arms(self.config):
+      directory = plan.arm_dir(self.workdir, arm)
       records = jsonl.read(os.path.join(directory, "eval", "results.jsonl"))
       got = sorted((r["checkpoint_step"], r["sampler"], r["steps"], r["seed"]) for r in records)
       self.assertEqual(got, sorted([(2, "ddim", "2", 0), (4, "ddim", "2", 0), (4, "ddim", "2", 1),
@@ -105,8 +107,8 @@ class QuickPresetEndToEndTest(absltest.TestCase):
 
   def test_arms_differ_only_in_their_loss(self):
     configs = {}
-    for arm in compare.study_arms(self.config):
-      configs[arm.name] = train.load_config(compare.arm_dir(self.workdir, arm))
+    for arm in plan.study_arms(self.config):
+      configs[arm.name] = checkpointing.load_config(plan.arm_dir(self.workdir, arm))
       self.assertEqual((configs[arm.name].loss.target, configs[arm.name].loss.weighting),
                        (arm.target, arm.weighting))
       self.assertEqual(configs[arm.name].train.checkpoint_every, 2)
@@ -131,8 +133,8 @@ class QuickPresetEndToEndTest(absltest.TestCase):
   def test_an_interrupted_evaluation_is_completed_and_only_it(self):
     workdir = os.path.join(self.tmp, "interrupted")
     shutil.copytree(self.workdir, workdir)
-    arm = compare.ARMS["debias"]
-    results = os.path.join(compare.arm_dir(workdir, arm), "eval", "results.jsonl")
+    arm = plan.ARMS["debias"]
+    results = os.path.join(plan.arm_dir(workdir, arm), "eval", "results.jsonl")
     with open(results) as f:
       lines = f.readlines()
     dropped = [json.loads(line) for line in lines if json.loads(line)["sampler"] == "ddpm"]
@@ -144,7 +146,7 @@ class QuickPresetEndToEndTest(absltest.TestCase):
     redone = [r for r in jsonl.read(results) if r["sampler"] == "ddpm"]
     self.assertLen(redone, 1)
     self.assertEqual(redone[0]["fid"], dropped[0]["fid"])   # the same samples: the result is reproducible
-    timings = jsonl.read(compare.study_path(workdir, "timings.jsonl"))
+    timings = jsonl.read(plan.study_path(workdir, "timings.jsonl"))
     self.assertEqual([(t["phase"], t["arm"]) for t in timings[-1:]], [("steps", "debias")])
 
   def test_a_changed_training_config_is_refused(self):
@@ -157,29 +159,29 @@ class QuickPresetEndToEndTest(absltest.TestCase):
 class ConfigTest(parameterized.TestCase):
 
   def test_arms(self):
-    self.assertEqual(compare.parse_arm("p2").options, (("p2_k", 1.0), ("p2_gamma", 1.0)))
-    self.assertEqual((compare.ARMS["x0"].target, compare.ARMS["x0"].weighting), ("x0", "snr"))
-    custom = compare.parse_arm("constant@v")
+    self.assertEqual(plan.parse_arm("p2").options, (("p2_k", 1.0), ("p2_gamma", 1.0)))
+    self.assertEqual((plan.ARMS["x0"].target, plan.ARMS["x0"].weighting), ("x0", "snr"))
+    custom = plan.parse_arm("constant@v")
     self.assertEqual((custom.target, custom.weighting, custom.directory), ("v", "constant", "constant-at-v"))
     for bad in ("debias@y", "nope", "uniform@eps"):
       with self.assertRaisesRegex(config_checks.ConfigError, "compare.arms"):
-        compare.parse_arm(bad)
+        plan.parse_arm(bad)
 
   def test_checkpoint_steps_and_arm_config(self):
     config = test_util.toy_study_config("")
     config.train.num_steps, config.compare.num_checkpoints = 500, 5
-    self.assertEqual(compare.checkpoint_steps(config), [100, 200, 300, 400, 500])
-    arm = compare.arm_config(config, compare.ARMS["min_snr"])
+    self.assertEqual(plan.checkpoint_steps(config), [100, 200, 300, 400, 500])
+    arm = plan.arm_config(config, plan.ARMS["min_snr"])
     self.assertEqual((arm.loss.weighting, arm.loss.min_snr_gamma, arm.train.checkpoint_every), ("min_snr", 5.0, 100))
     self.assertGreaterEqual(arm.train.keep_checkpoints, 5)
     self.assertNotIn("compare", arm)
     self.assertIn("compare", config)
     config.compare.num_checkpoints = 3
     with self.assertRaisesRegex(config_checks.ConfigError, "num_checkpoints"):
-      compare.checkpoint_steps(config)
+      plan.checkpoint_steps(config)
     config.compare.num_checkpoints, config.train.steps_per_call = 5, 3
     with self.assertRaisesRegex(config_checks.ConfigError, "steps_per_call"):
-      compare.checkpoint_steps(config)
+      plan.checkpoint_steps(config)
 
   @parameterized.parameters(("ddim20", "sweep"), ("ddim:", "sweep"), ("ddim:ddim20", "eval_sampler"),
                             ("warp:20", "sweep"))
@@ -198,18 +200,18 @@ class ConfigTest(parameterized.TestCase):
   def test_paper_scale_configs(self):
     from configs.compare import paper_cifar10, paper_ffhq256  # pylint: disable=g-import-not-at-top
     ffhq = paper_ffhq256.get_config()
-    self.assertEqual(compare.checkpoint_steps(ffhq)[1::2], [200_000, 400_000, 600_000, 800_000, 1_000_000])
-    self.assertEqual(compare.final_step(ffhq), 500_000)
-    self.assertEqual(compare.final_step(paper_cifar10.get_config()), 500_000)
+    self.assertEqual(plan.checkpoint_steps(ffhq)[1::2], [200_000, 400_000, 600_000, 800_000, 1_000_000])
+    self.assertEqual(plan.final_step(ffhq), 500_000)
+    self.assertEqual(plan.final_step(paper_cifar10.get_config()), 500_000)
     with self.assertRaisesRegex(config_checks.ConfigError, "inception_weights"):
       compare.validate_study(ffhq)
     ffhq.compare.final_step = 550_000
     with self.assertRaisesRegex(config_checks.ConfigError, "final_step"):
-      compare.final_step(ffhq)
+      plan.final_step(ffhq)
 
 
 def _write_results(workdir, arm, fds, steps, sampler="ddim", count="2", seed=0):
-  directory = os.path.join(compare.arm_dir(workdir, compare.ARMS[arm]), "eval")
+  directory = os.path.join(plan.arm_dir(workdir, plan.ARMS[arm]), "eval")
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, "results.jsonl"), "a") as f:
     for step, fid in zip(steps, fds):

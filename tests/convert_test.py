@@ -24,7 +24,7 @@ import numpy as np
 
 from debias_jax import checkpointing
 from debias_jax import convert
-from debias_jax import train
+from debias_jax import train_state
 from debias_jax.models import unet
 from tests import test_util
 
@@ -320,7 +320,7 @@ class CommandLineTest(absltest.TestCase):
     np.savez(os.path.join(tmp, "m.npz"), **sd)
     config, workdir = _config(), os.path.join(tmp, "out")
     params = convert.run(config, os.path.join(tmp, "m.npz"), workdir)
-    template = train.state_from_params(config, params)
+    template = train_state.state_from_params(config, params)
     restored = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir)).restore(template)
     self.assertEqual(int(restored.step), 0)
     for tree in (restored.params, restored.ema_params[0]):

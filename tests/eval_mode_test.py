@@ -56,7 +56,9 @@ class EvalModeTest(absltest.TestCase):
   def test_fid_is_that_of_the_sample_mode_files(self):
     config = eval_config(self.tmp, **{"sampling.num_samples": 16, "sampling.checkpoint_step": 5})
     npz = generate.sample_to_files(config, self.workdir)["npz"]
-    metrics = features.evaluate_from_config(config.eval, config.data, npz)
+    extractor = features.get_feature_extractor(config.eval, config.data)
+    reference = features.reference_from_config(extractor, config.eval, config.data)
+    metrics = features.evaluate_samples(extractor, npz, reference, pr_k=int(config.eval.pr_k))
     np.testing.assert_allclose(metrics["fid"], self.records[0]["fid"], rtol=1e-9)
     np.testing.assert_allclose(metrics["precision"], self.records[0]["precision"])
 

@@ -150,20 +150,21 @@ class FeaturesTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "different feature spaces"):
       features.evaluate_samples(extractor, images[:, :2, :2], reference)
 
-  def test_evaluate_from_config(self):
+  def test_evaluate_with_the_configured_reference(self):
+    def evaluate(ev, data, samples):   # as --mode eval does: the configured extractor and reference
+      extractor = features.get_feature_extractor(ev, data)
+      return features.evaluate_samples(extractor, samples, features.reference_from_config(extractor, ev, data))
+
     config = digits_config()
     images = features.load_dataset_arrays(config, max_examples=400)[0]
-    from_data = features.evaluate_from_config(
-        eval_config(self.cache_dir, feature_space="pixels", num_reference=400), config, images)
+    from_data = evaluate(eval_config(self.cache_dir, feature_space="pixels", num_reference=400), config, images)
     self.assertAlmostEqual(from_data["fid"], 0.0, delta=1e-6)
     reference = fid.save_reference_batch(os.path.join(self.cache_dir, "ref.npz"), images=images[:200])  # as uint8
-    from_file = features.evaluate_from_config(
-        eval_config(self.cache_dir, feature_space="pixels", reference_npz=reference), config,
-        fid.to_uint8(images[:200]))
+    from_file = evaluate(eval_config(self.cache_dir, feature_space="pixels", reference_npz=reference), config,
+                         fid.to_uint8(images[:200]))
     self.assertAlmostEqual(from_file["fid"], 0.0, delta=1e-6)
-    self.assertGreater(features.evaluate_from_config(
-        eval_config(self.cache_dir, feature_space="pixels", reference_npz=reference), config, images[200:])["fid"],
-                       0.1)
+    self.assertGreater(evaluate(eval_config(self.cache_dir, feature_space="pixels", reference_npz=reference), config,
+                                images[200:])["fid"], 0.1)
 
   def test_feature_space_resolution_and_errors(self):
     resolve = features.resolve_feature_space

@@ -32,6 +32,7 @@ from debias_jax import config_checks
 from debias_jax import jsonl
 from debias_jax import preemption
 from debias_jax import train
+from debias_jax import train_state
 from debias_jax import workdir_lock
 from tests import test_util
 
@@ -63,7 +64,7 @@ def start(workdir: str, overrides: dict, **env) -> subprocess.Popen:
 
 def restore(workdir: str, overrides: dict, step=None):
   c = config(**overrides)
-  return checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir)).restore(train.abstract_state(c), step)
+  return checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir)).restore(train_state.abstract_state(c), step)
 
 
 def lock_holder(workdir: str) -> int | None:
@@ -232,7 +233,7 @@ class InProcessFaultsTest(parameterized.TestCase):
     os.remove(path)
     with self.assertRaisesRegex(checkpointing.CheckpointError,
                                 r"step 4 .* is damaged(.|\n)*mv \S+/checkpoints/4 \S+/checkpoints/4.damaged"):
-      train.restore_state(config(**self.overrides), workdir)
+      checkpointing.restore_state(config(**self.overrides), workdir)
     self.assertTrue(os.path.isdir(os.path.join(workdir, "checkpoints", "4")))
 
   def test_unfinished_saves_are_removed_and_metrics_not_repeated(self):

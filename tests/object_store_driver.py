@@ -23,6 +23,7 @@ from debias_jax.evaluation import checkpoints
 from debias_jax.evaluation import fid
 from debias_jax.experiments import compare
 from tests import test_util
+from debias_jax.experiments import plan
 
 VOLATILE = ("seconds", "workdir", "figures", "npz", "grid", "end", "start")
 
@@ -67,7 +68,7 @@ def run_all(root: str, cache_dir: str) -> dict:
   events = summaries.read_events(run)
   hparams = [v.metadata.plugin_data.content for e in events for v in e.summary.value
              if v.tag == "_hparams_/session_start_info"]
-  arm = epath.Path(root) / "study" / compare.ARMS_DIR / "debias"
+  arm = epath.Path(root) / "study" / plan.ARMS_DIR / "debias"
   return {
       "top": _names(run_path),
       "metrics": jsonl.read(run_path / "metrics.jsonl"),

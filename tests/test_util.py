@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from debias_jax import checkpointing
-from debias_jax import train
+from debias_jax import train_state
 from debias_jax.models import unet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,14 +94,14 @@ def random_params(cfg, seed=0, scale=0.2):
 
 def write_checkpoint(cfg, workdir, steps=(5,), params=None, ema_params=None):
   """Saves a train state (random params unless given) at each of `steps`, and config.json, as training would."""
-  state = train.state_from_params(cfg, random_params(cfg) if params is None else params)
+  state = train_state.state_from_params(cfg, random_params(cfg) if params is None else params)
   if ema_params is not None:
     state = state.replace(ema_params=(jax.tree.map(jnp.asarray, ema_params),))
   checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir))
   for step in steps:
     checkpointer.save(state.replace(step=jnp.asarray(step, jnp.int32)))
   checkpointer.close()
-  train.save_config(cfg, workdir)
+  checkpointing.save_config(cfg, workdir)
   return state
 
 

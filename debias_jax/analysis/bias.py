@@ -16,8 +16,7 @@ Estimates are unclipped: the sampler's [-1, 1] clipping would hide exactly the e
 
 from __future__ import annotations
 
-import functools
-from typing import Callable, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -183,11 +182,3 @@ def bucket_table(schedule: Schedule, buckets: Buckets, means: dict) -> list[dict
       row[name] = int(value) if name == "count" else (value.tolist() if value.ndim else float(value))
   return rows
 
-
-@functools.lru_cache(maxsize=8)
-def jitted_first_step(model_fn: Callable, schedule: Schedule, target: str, learn_sigma: bool):
-  return jax.jit(lambda x_T: first_step_prediction(model_fn, schedule, target, x_T, learn_sigma=learn_sigma))
-
-
-def as_tuple_buckets(buckets: Sequence[Sequence[int]]) -> Buckets:
-  return tuple((int(lo), int(hi)) for lo, hi in buckets)

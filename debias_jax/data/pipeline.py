@@ -7,8 +7,8 @@ and step s takes stream positions [s*B, (s+1)*B). Consequences, all exact:
 - multi-host: process p reads only positions [s*B + p*B/P, s*B + (p+1)*B/P), so the processes' slices
   concatenated in process order are the batch a single process would see;
 - every example is seen once per epoch; a batch may straddle two epochs (no example is dropped).
-Random horizontal flips are drawn per global batch position from (seed, step). data.shuffle_buffer is unused:
-random access gives a full shuffle for free.
+Random horizontal flips are drawn per global batch position from (seed, step); random access gives a full
+shuffle for free.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def check_data_config(data_config) -> None:
 _SOURCE_CACHE: collections.OrderedDict = collections.OrderedDict()
 
 
-_NOT_SOURCE_FIELDS = ("random_flip", "shuffle_buffer")
+_NOT_SOURCE_FIELDS = ("random_flip",)
 
 
 def _cache_key(data_config) -> tuple:

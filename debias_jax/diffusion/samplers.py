@@ -5,41 +5,24 @@ already bound; jit the caller (`jax.jit(lambda params, x, rng: sample(partial(f,
 params stay arguments rather than constants.
 
 DDPM (ancestral) and DDIM run on a respaced chain (`Schedule.respace`: "100", "ddim50", "10,15,20"); the
-multistep solvers of `solvers` register themselves here too.
+multistep solvers come from `solvers`. SAMPLERS, at the end, names them all.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from debias_jax.diffusion import reverse, targets
+from debias_jax.diffusion import reverse, solvers, targets
 from debias_jax.diffusion.schedules import Schedule
 
 SamplerFactory = Callable[..., Callable]
-_SAMPLERS: dict[str, SamplerFactory] = {}
-
-
-def register(name: str):
-  def decorator(factory: SamplerFactory) -> SamplerFactory:
-    _SAMPLERS[name] = factory
-    return factory
-  return decorator
 
 
 def sampler_names() -> tuple[str, ...]:
-  _load_solvers()
-  return tuple(sorted(_SAMPLERS))
-
-
-def _load_solvers():
-  """The multistep solvers register themselves when their module is imported."""
-  if importlib.util.find_spec("debias_jax.diffusion.solvers") is not None:
-    importlib.import_module("debias_jax.diffusion.solvers")
+  return tuple(sorted(SAMPLERS))
 
 
 def get_sampler(name: str, schedule: Schedule, steps, *, target: str = "eps", var_type: str = "fixed_small",
@@ -49,12 +32,11 @@ def get_sampler(name: str, schedule: Schedule, steps, *, target: str = "eps", va
   var_type tells how to read the model output: "learned_range" means 2C channels (the mean part is used by
   every sampler, the variance by DDPM only).
   """
-  _load_solvers()
-  if name not in _SAMPLERS:
+  if name not in SAMPLERS:
     raise ValueError(f"Unknown sampler {name!r}; valid samplers: {', '.join(sampler_names())}.")
   targets.check_target(target)
   reverse.check_var_type(var_type)
-  return _SAMPLERS[name](schedule, steps, target=target, var_type=var_type, clip_x0=clip_x0, **options)
+  return SAMPLERS[name](schedule, steps, target=target, var_type=var_type, clip_x0=clip_x0, **options)
 
 
 def _reverse_loop(chain: Schedule, step_fn, x_T, rng):
@@ -76,7 +58,6 @@ def _model_output(model_fn, chain: Schedule, x, i):
   return model_fn(x, t).astype(jnp.float32), batch_steps
 
 
-@register("ddpm")
 def ddpm_sampler(schedule: Schedule, steps, *, target, var_type, clip_x0):
   """Ancestral sampling on a respaced chain with the fixed or learned reverse variances."""
   chain = schedule.respace(steps)
@@ -92,7 +73,6 @@ def ddpm_sampler(schedule: Schedule, steps, *, target, var_type, clip_x0):
   return sample
 
 
-@register("ddim")
 def ddim_sampler(schedule: Schedule, steps, *, target, var_type, clip_x0, eta: float = 0.0):
   """DDIM on a respaced chain; eta = 0 is deterministic, eta = 1 matches DDPM's posterior variance."""
   chain = schedule.respace(steps)
@@ -112,3 +92,12 @@ def ddim_sampler(schedule: Schedule, steps, *, target, var_type, clip_x0, eta: f
     return _reverse_loop(chain, step, x_T, rng)
 
   return sample
+
+
+SAMPLERS: dict[str, SamplerFactory] = {
+    "ddpm": ddpm_sampler,
+    "ddim": ddim_sampler,
+    "dpm_solver++": solvers.dpm_solver_pp_sampler,
+    "dpm_solver": solvers.dpm_solver_sampler,
+    "unipc": solvers.unipc_sampler,
+}

@@ -79,10 +79,6 @@ class Schedule:
     return np.append(1.0, self.alphas_cumprod[:-1])
 
   @property
-  def alphas_cumprod_next(self) -> np.ndarray:
-    return np.append(self.alphas_cumprod[1:], 0.0)
-
-  @property
   def betas(self) -> np.ndarray:
     return 1.0 - self.alphas_cumprod / self.alphas_cumprod_prev
 

@@ -12,7 +12,7 @@ on the host in float64. Each update is then a fixed linear combination of x, the
 UniPC's corrector, the newest one, so the device program is one `lax.scan` with one model call per step
 (`steps` = number of model evaluations, NFE, as in the references).
 
-Registered samplers (options after `steps`):
+Samplers (samplers.SAMPLERS names them; options after `steps`):
   "dpm_solver++": data-prediction multistep DPM-Solver++ (2M with order=2, 3M with order=3).
   "dpm_solver":   noise-prediction multistep DPM-Solver (order 2 by default: the paper's DPM-Solver setting).
   "unipc":        multistep UniPC, predictor UniP-p plus corrector UniC (order 3, variant "bh1" = B(h) = h, data
@@ -37,7 +37,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from debias_jax.diffusion import reverse
-from debias_jax.diffusion import samplers
 from debias_jax.diffusion.schedules import Schedule
 
 SKIP_TYPES = ("time_uniform", "logSNR", "time_quadratic")
@@ -439,13 +438,12 @@ def _dpm_solver_factory(data_prediction: bool, default_order: int):
   return factory
 
 
-dpm_solver_pp_sampler = samplers.register("dpm_solver++")(_dpm_solver_factory(True, 2))
+dpm_solver_pp_sampler = _dpm_solver_factory(True, 2)
 dpm_solver_pp_sampler.__doc__ = """Multistep DPM-Solver++ (data prediction); order 2 = 2M, 3 = 3M."""
-dpm_solver_sampler = samplers.register("dpm_solver")(_dpm_solver_factory(False, 2))
+dpm_solver_sampler = _dpm_solver_factory(False, 2)
 dpm_solver_sampler.__doc__ = """Multistep DPM-Solver (noise prediction), order 2 as in the paper."""
 
 
-@samplers.register("unipc")
 def unipc_sampler(schedule: Schedule, steps, *, target, var_type, clip_x0, order: int = 3, variant: str = "bh1",
                   prediction: str = "data", skip_type: str = "time_uniform", lower_order_final: bool = True,
                   clip_lambda: float | None = None, thresholding: str = "static", denoise_to_zero: bool = False):

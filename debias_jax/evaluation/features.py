@@ -52,8 +52,7 @@ DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "debias_jax")
 MAX_REFERENCE_FEATURES = 10_000   # reference feature vectors kept for precision/recall
 MAX_PR_SAMPLES = 50_000           # sample feature vectors used for precision/recall
 # Data fields that change how examples are read or augmented in training, not which images evaluation sees.
-_NOT_CONTENT_FIELDS = ("random_flip", "shuffle_buffer", "num_workers", "tfds_access", "tfds_max_in_memory_gb",
-                       "tfds_prepare")
+_NOT_CONTENT_FIELDS = ("random_flip", "num_workers", "tfds_access", "tfds_max_in_memory_gb", "tfds_prepare")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,13 +513,6 @@ def reference_from_config(extractor: FeatureExtractor, eval_config, data_config)
     return reference_from_npz(extractor, storage.absolute(reference_npz), _get(eval_config, "batch_size", None))
   num_reference = int(_get(eval_config, "num_reference", 0)) or None
   return reference_statistics(extractor, data_config, num_reference, cache_dir=_get(eval_config, "cache_dir", ""))
-
-
-def evaluate_from_config(eval_config, data_config, samples) -> dict[str, float]:
-  """get_feature_extractor + reference_from_config + evaluate_samples: the one call `--mode eval` needs."""
-  extractor = get_feature_extractor(eval_config, data_config)
-  reference = reference_from_config(extractor, eval_config, data_config)
-  return evaluate_samples(extractor, samples, reference, pr_k=int(_get(eval_config, "pr_k", fid_lib.PR_NEIGHBOURHOOD)))
 
 
 # ----------------------------------------------------------------------------------------------------------------

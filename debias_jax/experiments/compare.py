@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import os
 import resource
 import shlex
@@ -39,7 +38,6 @@ from absl import flags
 from absl import logging
 from etils import epath
 import jax
-import ml_collections
 import numpy as np
 
 from debias_jax import checkpointing
@@ -54,150 +52,29 @@ from debias_jax import storage
 from debias_jax import train
 from debias_jax import xla_cpu
 from debias_jax.analysis import study as analysis_study
-from debias_jax.diffusion import targets
-from debias_jax.diffusion import weighting
 from debias_jax.evaluation import checkpoints as eval_checkpoints
 from debias_jax.evaluation import features
-
-STUDY_DIR = "compare"          # DIR/compare: timings, runs, the data floor, the study's config
-ARMS_DIR = "arms"
-REPORT_FILE = "REPORT.md"
-EXACT_DATASET = "gmm"
-
-
-@dataclasses.dataclass(frozen=True)
-class Arm:
-  """One row of the comparison: a weighting (with its options) trained on one prediction target."""
-  name: str
-  target: str
-  weighting: str
-  options: tuple[tuple[str, float], ...] = ()
-
-  @property
-  def directory(self) -> str:
-    return self.name.replace("@", "-at-")
-
-
-# The arms a researcher expects (the ones the paper compares). x0 and v are prediction targets; their weights:
-#  - x0: the standard x0 objective, an unweighted x0-MSE = weighting "snr" (eps-space 1/SNR);
-#  - v: the debias objective in v form (v-MSE weight sqrt(SNR)/(1+SNR), x0-space sqrt(SNR)): the same objective
-#    as the debias arm with another network output, so it tests whether the gain is the weight's alone. The plain
-#    unweighted v-MSE (eps-space 1 + 1/SNR) is not among weighting.WEIGHTINGS; any weighting@target pair can be
-#    added as an arm, e.g. "constant@v".
-ARMS = {
-    "constant": Arm("constant", "eps", "constant"),
-    "debias": Arm("debias", "eps", "debias"),
-    "p2": Arm("p2", "eps", "p2", (("p2_k", 1.0), ("p2_gamma", 1.0))),
-    "min_snr": Arm("min_snr", "eps", "min_snr", (("min_snr_gamma", 5.0),)),
-    "x0": Arm("x0", "x0", "snr"),
-    "v": Arm("v", "v", "debias"),
-}
-
-
-def parse_arm(spec: str) -> Arm:
-  """A name of ARMS, or "weighting@target" (e.g. "constant@v": the loss section's other options as configured)."""
-  spec = str(spec).strip()
-  if spec in ARMS:
-    return ARMS[spec]
-  name, sep, target = spec.partition("@")
-  if sep and name in weighting.WEIGHTINGS and target in targets.TARGETS:
-    return Arm(spec, target, name)
-  raise config_checks.ConfigError(
-      f"config.compare.arms has {spec!r}; use one of {', '.join(ARMS)} or 'weighting@target' with a weighting in "
-      f"{', '.join(weighting.WEIGHTINGS)} and a target in {', '.join(targets.TARGETS)} (e.g. 'constant@v').")
-
-
-def parse_sampler(entry: str, field: str) -> tuple[str, str]:
-  name, sep, steps = str(entry).partition(":")
-  if not sep or not name.strip() or not steps.strip():
-    raise config_checks.ConfigError(f"config.compare.{field} has {entry!r}; write 'sampler:steps', e.g. 'ddim:20'.")
-  return name.strip(), steps.strip()
-
-
-def study_arms(config) -> list[Arm]:
-  arms = [parse_arm(a) for a in config.compare.arms]
-  names = [a.name for a in arms]
-  if not arms or len(set(names)) != len(names):
-    raise config_checks.ConfigError(f"config.compare.arms={tuple(config.compare.arms)} must name at least one arm, "
-                                    f"each once.")
-  return arms
-
-
-def checkpoint_steps(config) -> list[int]:
-  """compare.num_checkpoints evenly spaced steps ending at train.num_steps."""
-  n, total = int(config.compare.num_checkpoints), int(config.train.num_steps)
-  per_call = int(config.train.steps_per_call)
-  if n < 1 or total % n:
-    raise config_checks.ConfigError(f"config.compare.num_checkpoints={n} must be >= 1 and divide "
-                                    f"config.train.num_steps={total}.")
-  every = total // n
-  if every % per_call:
-    raise config_checks.ConfigError(f"The checkpoint interval {every} (train.num_steps / compare.num_checkpoints) "
-                                    f"is not a multiple of train.steps_per_call={per_call}.")
-  return [every * (i + 1) for i in range(n)]
-
-
-def final_step(config) -> int:
-  """The checkpoint of the sampling-steps sweep, the second sample seed and the bias analysis (default: the last)."""
-  steps = checkpoint_steps(config)
-  step = int(config.compare.get("final_step", 0)) or steps[-1]
-  if step not in steps:
-    raise config_checks.ConfigError(f"config.compare.final_step={step} is not one of the checkpoints {steps} "
-                                    f"(0 = the last).")
-  return step
-
-
-def is_exact_dataset(config) -> bool:
-  return config.data.get("source", "embedded") == "embedded" and config.data.name == EXACT_DATASET
-
-
-def exact_every_checkpoint(config) -> bool:
-  """Whether the exact bias study runs at every checkpoint (gmm only: it needs the known mixture)."""
-  return is_exact_dataset(config) and bool(config.compare.get("exact_every_checkpoint", False))
-
-
-def eval_sampler(config) -> tuple[str, str]:
-  name, steps = parse_sampler(config.compare.eval_sampler, "eval_sampler")
-  if not steps.isdigit():
-    raise config_checks.ConfigError(f"config.compare.eval_sampler={config.compare.eval_sampler!r}: the steps must "
-                                    f"be a plain number (the bias study takes it as one).")
-  return name, steps
-
-
-def arm_config(config, arm: Arm) -> ml_collections.ConfigDict:
-  """The training config of one arm: the study's config without its compare section, with the arm's loss."""
-  c = copy.deepcopy(config)
-  with c.unlocked():
-    if "compare" in c:
-      del c["compare"]
-    c.loss.target = arm.target
-    c.loss.weighting = arm.weighting
-    for key, value in arm.options:
-      c.loss[key] = value
-    steps = checkpoint_steps(config)
-    c.train.checkpoint_every = steps[0]
-    # Every planned checkpoint must survive; an interruption can add one off-grid checkpoint per resume.
-    c.train.keep_checkpoints = max(int(c.train.keep_checkpoints), len(steps) + 10)
-  return c
+from debias_jax.experiments import plan
+from debias_jax.experiments import report
 
 
 def validate_study(config) -> None:
   """Raises ConfigError naming the first bad field, before any compute."""
   if "compare" not in config:
     raise config_checks.ConfigError("The config has no compare section; use a configs/compare/*.py preset.")
-  arms = study_arms(config)
-  final_step(config)
+  arms = plan.study_arms(config)
+  plan.final_step(config)
   if (features.resolve_feature_space(config.eval, config.data) == "inception" and
       not config.eval.get("inception_weights", "")):
     raise config_checks.ConfigError("config.eval.feature_space is inception but config.eval.inception_weights is "
                                     "empty; pass --config.eval.inception_weights=/path/to/the FID Inception-v3 "
                                     "weights (see debias_jax/evaluation/inception.py), or set feature_space.")
-  name, steps = eval_sampler(config)
+  name, steps = plan.eval_sampler(config)
   sweep = tuple(config.compare.sweep)
   for entry in sweep:
-    parse_sampler(entry, "sweep")
+    plan.parse_sampler(entry, "sweep")
   for arm in {a.target: a for a in arms}.values():   # samplers depend on the target only
-    c = arm_config(config, arm)
+    c = plan.arm_config(config, arm)
     config_checks.validate(c)
     c.eval.sampler_steps = (f"{name}:{steps}",) + sweep
     eval_checkpoints.parse_sampler_steps(c)
@@ -207,14 +84,6 @@ def validate_study(config) -> None:
 # Bookkeeping: timings, runs, resumable phases.
 
 
-def study_path(workdir: str, *parts: str) -> str:
-  return str(epath.Path(workdir, STUDY_DIR, *parts))
-
-
-def arm_dir(workdir: str, arm: Arm) -> str:
-  return str(epath.Path(workdir, ARMS_DIR, arm.directory))
-
-
 @contextlib.contextmanager
 def timed(workdir: str, phase: str, arm: str = "") -> Iterator[dict]:
   """Times a phase that did work (set info['skipped'] to leave it out) in DIR/compare/timings.jsonl."""
@@ -222,7 +91,7 @@ def timed(workdir: str, phase: str, arm: str = "") -> Iterator[dict]:
   start = time.time()
   yield info
   if not info["skipped"]:
-    jsonl.append(study_path(workdir, "timings.jsonl"),
+    jsonl.append(plan.study_path(workdir, "timings.jsonl"),
                  {"phase": phase, "arm": arm, "seconds": round(time.time() - start, 2), "end": time.time()})
 
 
@@ -246,7 +115,7 @@ def check_same_training(c, directory: str) -> None:
   """Raises ConfigError if the arm in `directory` was trained with another config than `c` (its length aside)."""
   if not (epath.Path(directory) / "config.json").exists():
     return
-  differences = config_checks.differences_from_saved(c, train.load_config(directory), TRAINING_FIELDS,
+  differences = config_checks.differences_from_saved(c, checkpointing.load_config(directory), TRAINING_FIELDS,
                                                      ignore=config_checks.OPERATIONAL_FIELDS)
   if differences:
     raise config_checks.ConfigError(
@@ -254,10 +123,10 @@ def check_same_training(c, directory: str) -> None:
         "\nUse a new --workdir for a changed study (or delete that arm's folder to retrain it).")
 
 
-def train_arm(config, workdir: str, arm: Arm) -> None:
-  c = arm_config(config, arm)
-  directory = arm_dir(workdir, arm)
-  planned = checkpoint_steps(config)
+def train_arm(config, workdir: str, arm: plan.Arm) -> None:
+  c = plan.arm_config(config, arm)
+  directory = plan.arm_dir(workdir, arm)
+  planned = plan.checkpoint_steps(config)
   with timed(workdir, "train", arm.name) as info:
     if set(planned) <= set(saved_steps(directory)):
       info["skipped"] = True
@@ -287,10 +156,10 @@ def _evaluate(c, directory: str, steps: list[int], entries: tuple[str, ...]) -> 
   return len(jsonl.read(_results_path(directory))) - before
 
 
-def evaluate_iterations(config, workdir: str, arm: Arm) -> None:
-  c, directory = arm_config(config, arm), arm_dir(workdir, arm)
-  entry = ":".join(eval_sampler(config))
-  steps = checkpoint_steps(config)
+def evaluate_iterations(config, workdir: str, arm: plan.Arm) -> None:
+  c, directory = plan.arm_config(config, arm), plan.arm_dir(workdir, arm)
+  entry = ":".join(plan.eval_sampler(config))
+  steps = plan.checkpoint_steps(config)
   with timed(workdir, "iterations", arm.name) as info:
     info["skipped"] = not _evaluate(c, directory, steps, (entry,))
   offset = int(config.compare.get("second_seed_offset", 0))
@@ -298,16 +167,16 @@ def evaluate_iterations(config, workdir: str, arm: Arm) -> None:
     c2 = copy.deepcopy(c)
     c2.seed = int(c.seed) + offset
     with timed(workdir, "second_seed", arm.name) as info:
-      info["skipped"] = not _evaluate(c2, directory, [final_step(config)], (entry,))
+      info["skipped"] = not _evaluate(c2, directory, [plan.final_step(config)], (entry,))
 
 
-def evaluate_sweep(config, workdir: str, arm: Arm) -> None:
+def evaluate_sweep(config, workdir: str, arm: plan.Arm) -> None:
   sweep = tuple(config.compare.sweep)
   if not sweep:
     return
-  c, directory = arm_config(config, arm), arm_dir(workdir, arm)
+  c, directory = plan.arm_config(config, arm), plan.arm_dir(workdir, arm)
   with timed(workdir, "steps", arm.name) as info:
-    info["skipped"] = not _evaluate(c, directory, [final_step(config)], sweep)
+    info["skipped"] = not _evaluate(c, directory, [plan.final_step(config)], sweep)
 
 
 def analysis_path(directory: str, step: int) -> str:
@@ -323,7 +192,7 @@ def _analysis_covers(path: str, samplers: tuple[str, ...], steps: tuple[int, ...
 
 
 def _analyze(c, directory: str, step: int, samplers: tuple[str, ...], steps: tuple[int, ...], workdir: str,
-             phase: str, arm: Arm) -> None:
+             phase: str, arm: plan.Arm) -> None:
   with timed(workdir, phase, arm.name) as info:
     if _analysis_covers(analysis_path(directory, step), samplers, steps):
       info["skipped"] = True
@@ -340,29 +209,29 @@ def analysis_settings(config) -> tuple[tuple[str, ...], tuple[int, ...]]:
   quality of the last checkpoint continues the curve over iterations."""
   samplers = tuple(config.analysis.samplers)
   steps = tuple(int(s) for s in config.analysis.sampling_steps)
-  if exact_every_checkpoint(config):
-    name, count = eval_sampler(config)
+  if plan.exact_every_checkpoint(config):
+    name, count = plan.eval_sampler(config)
     samplers = samplers + ((name,) if name not in samplers else ())
     steps = tuple(sorted(set(steps) | {int(count)}))
   return samplers, steps
 
 
-def analyze_checkpoints(config, workdir: str, arm: Arm) -> None:
+def analyze_checkpoints(config, workdir: str, arm: plan.Arm) -> None:
   """The bias study at every other checkpoint, with the eval sampler only (gmm: exact metrics)."""
-  if not exact_every_checkpoint(config):
+  if not plan.exact_every_checkpoint(config):
     return
-  c, directory = arm_config(config, arm), arm_dir(workdir, arm)
-  name, count = eval_sampler(config)
-  for step in checkpoint_steps(config):
-    if step == final_step(config):
+  c, directory = plan.arm_config(config, arm), plan.arm_dir(workdir, arm)
+  name, count = plan.eval_sampler(config)
+  for step in plan.checkpoint_steps(config):
+    if step == plan.final_step(config):
       continue
     _analyze(c, directory, step, (name,), (int(count),), workdir, "exact", arm)
 
 
-def analyze_last(config, workdir: str, arm: Arm) -> None:
-  c, directory = arm_config(config, arm), arm_dir(workdir, arm)
+def analyze_last(config, workdir: str, arm: plan.Arm) -> None:
+  c, directory = plan.arm_config(config, arm), plan.arm_dir(workdir, arm)
   samplers, steps = analysis_settings(config)
-  _analyze(c, directory, final_step(config), samplers, steps, workdir, "analysis", arm)
+  _analyze(c, directory, plan.final_step(config), samplers, steps, workdir, "analysis", arm)
 
 
 def data_floor(config, workdir: str) -> dict:
@@ -373,7 +242,7 @@ def data_floor(config, workdir: str) -> dict:
   """
   num = int(config.eval.num_samples)
   space = features.resolve_feature_space(config.eval, config.data)
-  path = study_path(workdir, "data_floor.json")
+  path = plan.study_path(workdir, "data_floor.json")
   key = {"num_samples": num, "feature_space": space, "data": config.data.name, "seed": int(config.seed)}
   if epath.Path(path).exists():
     saved = storage.read_json(path)
@@ -383,7 +252,7 @@ def data_floor(config, workdir: str) -> dict:
     extractor = features.get_feature_extractor(config.eval, config.data)
     reference = features.reference_from_config(extractor, config.eval, config.data)
     data_config = copy.deepcopy(config.data)
-    if is_exact_dataset(config):
+    if plan.is_exact_dataset(config):
       data_config.split = "test"
       images, _, _ = features.load_dataset_arrays(data_config, num)
       independent = True
@@ -409,17 +278,16 @@ PHASES = ("train", "iterations", "exact", "steps", "analysis", "floor")
 
 def run_study(config, workdir: str, *, command: str = "", phases: tuple[str, ...] = PHASES) -> str:
   """Runs (or resumes) one study in workdir and writes its REPORT.md; returns the report's path."""
-  from debias_jax.experiments import report  # pylint: disable=g-import-not-at-top
   validate_study(config)
-  arms = study_arms(config)
+  arms = plan.study_arms(config)
   for arm in arms:   # before anything is written: a refused study leaves the saved one as it was
-    check_same_training(arm_config(config, arm), arm_dir(workdir, arm))
+    check_same_training(plan.arm_config(config, arm), plan.arm_dir(workdir, arm))
   start = time.time()
   usage = resource.getrusage(resource.RUSAGE_SELF)
   cpu_start = usage.ru_utime + usage.ru_stime
   run = {"command": command, "start": start, "load_start": list(os.getloadavg()), "phases": list(phases)}
   if jax.process_index() == 0:
-    storage.write_atomic(study_path(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    storage.write_atomic(plan.study_path(workdir, "config.json"), config.to_json_best_effort(indent=2))
   completed = False
   try:
     steps = {"train": train_arm, "iterations": evaluate_iterations, "exact": analyze_checkpoints,
@@ -446,14 +314,13 @@ def run_study(config, workdir: str, *, command: str = "", phases: tuple[str, ...
                load_end=list(os.getloadavg()), cpu_seconds=round(usage.ru_utime + usage.ru_stime - cpu_start, 2))
     if completed:
       path = report.write_report(config, workdir, current_run=run)
-    jsonl.append(study_path(workdir, "runs.jsonl"), run)
+    jsonl.append(plan.study_path(workdir, "runs.jsonl"), run)
   return path
 
 
 def run(config, workdir: str, *, command: str = "", phases: tuple[str, ...] = PHASES) -> str:
   """A study, or every study of a suite (config.suite: name -> study config, each in workdir/name)."""
   if "suite" in config:
-    from debias_jax.experiments import report  # pylint: disable=g-import-not-at-top
     names = list(config.suite.keys())
     for name in names:
       run_study(config.suite[name], str(epath.Path(workdir) / name), command=command, phases=phases)
@@ -486,7 +353,6 @@ def main(argv):
   bad = [p for p in FLAGS.phases if p not in PHASES]
   if bad:
     raise app.UsageError(f"--phases has {bad}; valid: {', '.join(PHASES)}.")
-  from debias_jax.experiments import report  # pylint: disable=g-import-not-at-top,unused-import
   try:
     path = run(FLAGS.config, FLAGS.workdir, command=command_line(sys.argv), phases=tuple(FLAGS.phases))
   except preemption.Preempted as e:

@@ -24,7 +24,7 @@ from debias_jax import sampling
 from debias_jax import storage
 from debias_jax.analysis import plots
 from debias_jax.analysis import study as analysis_study
-from debias_jax.experiments import compare
+from debias_jax.experiments import plan
 
 FIGURES_DIR = "figures"
 DASH = "—"
@@ -91,22 +91,22 @@ class Study:
   def __init__(self, config, workdir: str):
     from debias_jax.evaluation import features  # pylint: disable=g-import-not-at-top
     self.config, self.workdir = config, workdir
-    self.arms = compare.study_arms(config)
+    self.arms = plan.study_arms(config)
     self.names = [a.name for a in self.arms]
-    self.steps = compare.checkpoint_steps(config)
-    self.last = compare.final_step(config)      # the sweep's, second seed's and bias analysis's checkpoint
-    self.eval_name, self.eval_steps = compare.eval_sampler(config)
-    self.sweep = [compare.parse_sampler(e, "sweep") for e in config.compare.sweep]
+    self.steps = plan.checkpoint_steps(config)
+    self.last = plan.final_step(config)      # the sweep's, second seed's and bias analysis's checkpoint
+    self.eval_name, self.eval_steps = plan.eval_sampler(config)
+    self.sweep = [plan.parse_sampler(e, "sweep") for e in config.compare.sweep]
     self.num_samples = int(config.eval.num_samples)
     self.seed = int(config.seed)
     self.second_seed = self.seed + int(config.compare.get("second_seed_offset", 0))
     self.feature_space = features.resolve_feature_space(config.eval, config.data)
-    self.exact = compare.is_exact_dataset(config)
+    self.exact = plan.is_exact_dataset(config)
     self.channels = int(config.data.channels)
     self.fd = {}        # (arm, step, sampler, steps, seed) -> record
     self.analysis = {}  # (arm, step) -> analysis json
     for arm in self.arms:
-      directory = compare.arm_dir(workdir, arm)
+      directory = plan.arm_dir(workdir, arm)
       for record in jsonl.read(epath.Path(directory, "eval", "results.jsonl")):
         if record.get("num_samples") == self.num_samples and record.get("feature_space") == self.feature_space:
           self.fd[(arm.name, int(record["checkpoint_step"]), record["sampler"], str(record["steps"]),
@@ -115,12 +115,12 @@ class Study:
       for path in sorted(analysis_dir.glob("step_*.json")) if analysis_dir.exists() else []:
         result = storage.read_json(path)
         self.analysis[(arm.name, int(result["checkpoint_step"]))] = result
-    floor_path = compare.study_path(workdir, "data_floor.json")
+    floor_path = plan.study_path(workdir, "data_floor.json")
     self.floor = None
     if epath.Path(floor_path).exists():
       self.floor = storage.read_json(floor_path)
-    self.timings = jsonl.read(compare.study_path(workdir, "timings.jsonl"))
-    self.runs = jsonl.read(compare.study_path(workdir, "runs.jsonl"))
+    self.timings = jsonl.read(plan.study_path(workdir, "timings.jsonl"))
+    self.runs = jsonl.read(plan.study_path(workdir, "runs.jsonl"))
 
   def metric(self, arm: str, step: int, sampler: str, steps: str, seed: int | None = None,
              key: str = "fid") -> float | None:
@@ -619,7 +619,7 @@ def render(study: Study, current_run: dict | None = None, figures: bool = True) 
     strips = []
     for arm in study.arms:
       for sampler in samplers:
-        path = f"{compare.ARMS_DIR}/{arm.directory}/analysis/step_{study.last:08d}_samples_{sampler}.png"
+        path = f"{plan.ARMS_DIR}/{arm.directory}/analysis/step_{study.last:08d}_samples_{sampler}.png"
         if epath.Path(study.workdir, path).exists():
           strips.append(f"- `{arm.name}`, {sampler} (rows: "
                         f"{', '.join(str(r['steps']) for r in study.color_rows(arm.name, sampler))} steps): "
@@ -639,7 +639,7 @@ def write_report(config, workdir: str, current_run: dict | None = None, figures:
   """Writes workdir/REPORT.md (and its figures) from the saved results; returns its path."""
   study = Study(config, workdir)
   text = render(study, current_run, figures)
-  path = str(epath.Path(workdir, compare.REPORT_FILE))
+  path = str(epath.Path(workdir, plan.REPORT_FILE))
   storage.write_atomic(path, text)
   return path
 
@@ -649,7 +649,7 @@ def write_suite_report(config, workdir: str, names: Sequence[str]) -> str:
   parts, total = [], 0.0
   for name in names:
     study_dir = str(epath.Path(workdir, name))
-    path = epath.Path(study_dir, compare.REPORT_FILE)
+    path = epath.Path(study_dir, plan.REPORT_FILE)
     if not path.exists():
       parts.append(f"## {name}\n\nNot run yet.")
       continue
@@ -662,6 +662,6 @@ def write_suite_report(config, workdir: str, names: Sequence[str]) -> str:
             f"Studies: {', '.join(f'`{n}`' for n in names)}, each in its own folder with its own REPORT.md. "
             f"Total wall time **{total / 60:.1f} min** ({total:.0f} s)."]
   text = "\n\n".join(header + parts) + "\n"
-  path = str(epath.Path(workdir, compare.REPORT_FILE))
+  path = str(epath.Path(workdir, plan.REPORT_FILE))
   storage.write_atomic(path, text)
   return path

@@ -20,7 +20,7 @@ def add_compare_section(config, *, title: str, arms=ALL_ARMS, num_checkpoints: i
   """Adds config.compare (see the field comments) and returns the config."""
   config.compare = c = ml_collections.ConfigDict()
   c.title = title
-  c.arms = tuple(arms)                        # names of compare.ARMS, or "weighting@target"
+  c.arms = tuple(arms)                        # names of experiments.plan.ARMS, or "weighting@target"
   c.num_checkpoints = num_checkpoints         # evenly spaced, the last at train.num_steps
   c.eval_sampler = eval_sampler               # "sampler:steps" scoring every checkpoint (steps a plain number)
   c.sweep = tuple(sweep)                      # "sampler:steps" entries scored at the last checkpoint
