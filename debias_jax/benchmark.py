@@ -5,7 +5,7 @@
 
 The train step is train.make_train_step jitted exactly as train.train_and_evaluate jits it (state replicated over
 the device mesh, batch split over its 'data' axis, state and metric sums donated, train.steps_per_call steps per
-call); the samplers are sampling.Generator's compiled programs. Inputs are synthetic arrays of the config's shape,
+call); the samplers are generation.Generator's compiled programs. Inputs are synthetic arrays of the config's shape,
 so the data pipeline is not measured. Each program is compiled ahead of time (compile time reported separately);
 then the timed loop only dispatches calls and waits once, with block_until_ready, at the end.
 
@@ -32,8 +32,8 @@ import jax
 import numpy as np
 
 from debias_jax import config_checks
+from debias_jax import generation
 from debias_jax import parallel
-from debias_jax import sampling
 from debias_jax import train
 from debias_jax import train_state
 from debias_jax import xla_cpu
@@ -235,16 +235,16 @@ def benchmark_train(config, mesh, model, schedule, *, steps: int, warmup_calls: 
 
 def benchmark_sampler(config, mesh, model, schedule, params, *, sampler: str, steps: int, batch_size: int,
                       batches: int, warmup_batches: int, log: Callable) -> dict:
-  """Times sampling.Generator's compiled program for (sampler, steps) on `batches` batches of `batch_size`,
+  """Times generation.Generator's compiled program for (sampler, steps) on `batches` batches of `batch_size`,
   after `warmup_batches` untimed ones (a program's first run pays one-off costs)."""
   devices = mesh.devices.size
   batch_size = max(devices, batch_size - batch_size % devices)
-  generator = sampling.Generator(config, model, mesh, schedule)
-  jitted = generator._compiled(sampler, str(steps))  # pylint: disable=protected-access  (the very same program)
+  generator = generation.Generator(config, model, mesh, schedule)
+  jitted = generator.program(sampler, str(steps))  # the very same program
   rng = np.random.default_rng(1 + jax.process_index())
   local = (_local(batch_size),) + generator.image_shape
   inputs = parallel.global_batch({"x_T": rng.standard_normal(local).astype(np.float32),
-                                  "labels": (np.arange(local[0]) % max(generator.num_classes, 1)).astype(np.int32)},
+                                  "labels": generator.labels(local[0])},
                                  mesh)
   x_T, labels = inputs["x_T"], inputs["labels"]
   key = jax.random.key(int(config.seed))
@@ -290,7 +290,7 @@ def run(config, *, train_steps: int = 10, warmup_calls: int = 1, sample_batches:
   mesh = parallel.create_mesh()
   config_checks.validate(config, num_devices=mesh.devices.size)
   model = unet.create_model(config)
-  schedule = sampling.training_schedule(config)
+  schedule = generation.training_schedule(config)
   devices = jax.devices()
   compute_dtype = str(config.model.dtype)
   precision = jax.config.jax_default_matmul_precision

@@ -73,12 +73,12 @@ class JaxWorker:
 
   def __init__(self, config):
     import jax  # pylint: disable=g-import-not-at-top
-    from debias_jax import benchmark, parallel, sampling, train, train_state  # pylint: disable=g-import-not-at-top
+    from debias_jax import benchmark, generation, parallel, train, train_state  # pylint: disable=g-import-not-at-top
     from debias_jax.models import unet  # pylint: disable=g-import-not-at-top
     self.jax, self.benchmark, self.config = jax, benchmark, config
     self.mesh = parallel.create_mesh()
     self.model = unet.create_model(config)
-    self.schedule = sampling.training_schedule(config)
+    self.schedule = generation.training_schedule(config)
     replicated = parallel.replicated(self.mesh)
     self.state = jax.jit(lambda rng: train_state.create_train_state(config, self.model, rng),
                          out_shardings=replicated)(jax.random.key(int(config.seed)))
@@ -87,7 +87,7 @@ class JaxWorker:
     self.batch = benchmark.synthetic_batch(config, self.mesh, self.batch_size, 1, int(config.seed))
     step = jax.jit(train.make_train_step(config, self.model, self.schedule), donate_argnums=(0, 1))
     self.step, _, self.compile_s = benchmark._compile(step, self.state, self.sums, self.batch)  # pylint: disable=protected-access
-    self.generator = sampling.Generator(config, self.model, self.mesh, self.schedule)
+    self.generator = generation.Generator(config, self.model, self.mesh, self.schedule)
     self.samplers = {}
     self.params = unet.param_count(self.model)
 
@@ -112,11 +112,11 @@ class JaxWorker:
     import numpy as np  # pylint: disable=g-import-not-at-top
     from debias_jax import parallel  # pylint: disable=g-import-not-at-top
     if (steps, batch) not in self.samplers:
-      jitted = self.generator._compiled("ddim", str(steps))  # pylint: disable=protected-access
+      jitted = self.generator.program("ddim", str(steps))
       rng = np.random.default_rng(1)
       inputs = parallel.global_batch({
           "x_T": rng.standard_normal((batch,) + self.generator.image_shape).astype(np.float32),
-          "labels": (np.arange(batch) % max(self.generator.num_classes, 1)).astype(np.int32)}, self.mesh)
+          "labels": self.generator.labels(batch)}, self.mesh)
       args = (inputs["x_T"], inputs["labels"], self.jax.random.key(0))
       compiled, _, compile_s = self.benchmark._compile(jitted, self.state.ema_params[0], *args)  # pylint: disable=protected-access
       self.samplers[steps, batch] = (compiled, args, compile_s)

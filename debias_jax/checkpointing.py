@@ -10,12 +10,15 @@ corrupt -- raises CheckpointError saying so, with the command that sets it aside
 except orbax's own unfinished temporary folders.
 
 `restore_state` is how sampling, evaluation and analysis read a workdir's train state (checked against the config
-it was trained with); `save_converted` writes imported params as a step-0 checkpoint.
+it was trained with), `restore_params` the one params tree they sample with; `save_converted` writes imported
+params as a step-0 checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from typing import Any
 
 from absl import logging
 from etils import epath
@@ -25,8 +28,10 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from debias_jax import config_checks
+from debias_jax import parallel
 from debias_jax import storage
 from debias_jax import train_state
+from debias_jax.models import unet
 
 STATE_ITEM, CONFIG_ITEM = "default", "config"
 TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -274,6 +279,29 @@ def restore_state(config, workdir: str, step: int | None = None, mesh=None) -> t
     return checkpointer.restore(train_state.abstract_state(config, mesh), step)
   finally:
     checkpointer.close()
+
+
+@dataclasses.dataclass
+class Restored:
+  """A checkpoint's params ready for sampling: the model, one params tree (replicated over mesh) and its name."""
+  model: Any
+  params: Any
+  step: int
+  params_name: str         # "ema0.999" (first EMA rate) or "params" (the raw, non-averaged weights)
+  mesh: Any
+
+
+def params_name(config, use_ema: bool) -> str:
+  return f"ema{float(config.ema_rates[0]):g}" if use_ema else "params"
+
+
+def restore_params(config, workdir: str, step: int = -1, use_ema: bool = True, mesh=None) -> Restored:
+  """The params to sample with from the checkpoint at `step` (-1: the latest): the first EMA copy or the raw ones."""
+  mesh = parallel.create_mesh() if mesh is None else mesh
+  state = restore_state(config, workdir, None if int(step) < 0 else int(step), mesh)
+  params = state.ema_params[0] if use_ema else state.params
+  return Restored(unet.create_model(config), params, int(jax.device_get(state.step)), params_name(config, use_ema),
+                  mesh)
 
 
 def save_converted(workdir: str, config, params) -> str:

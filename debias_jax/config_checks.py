@@ -6,7 +6,7 @@ import json
 
 import ml_collections
 
-from debias_jax import sampling
+from debias_jax import generation
 from debias_jax.data import pipeline
 from debias_jax.diffusion import samplers
 from debias_jax.diffusion import schedules
@@ -100,7 +100,7 @@ def validate_sampling(config) -> None:
   s = config.sampling
   _choice(s.sampler, samplers.sampler_names(), "sampling.sampler")
   try:
-    sampling.make_sampler(config, sampling.training_schedule(config))
+    generation.make_sampler(config, generation.training_schedule(config))
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config.sampling.sampler={s.sampler!r} with sampling.steps={s.steps!r} and "
                       f"sampling.solver_options={dict(s.get('solver_options', {}))}: {e}") from e

@@ -25,8 +25,8 @@ from debias_jax.data import tfds_source
 # mode -> (module, function); each function takes (config, workdir).
 MODES = {
     "train": ("debias_jax.train", "train_and_evaluate"),
-    "sample": ("debias_jax.generate", "sample_to_files"),
-    "eval": ("debias_jax.evaluation.checkpoints", "evaluate_checkpoints"),
+    "sample": ("debias_jax.modes.sample", "sample_to_files"),
+    "eval": ("debias_jax.modes.evaluate", "evaluate_checkpoints"),
     "analyze": ("debias_jax.analysis.study", "analyze"),
 }
 

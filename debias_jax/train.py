@@ -24,9 +24,10 @@ from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import jsonl
 from debias_jax import logs
+from debias_jax import generation
 from debias_jax import parallel
+from debias_jax import pixels
 from debias_jax import preemption
-from debias_jax import sampling
 from debias_jax import storage
 from debias_jax import summaries
 from debias_jax import train_state
@@ -122,15 +123,15 @@ def _check_finite(sums, checkpointer) -> None:
 
 
 def _write_samples(config, generator, state, step, workdir, writer, stop) -> None:
-  rng = jax.random.fold_in(jax.random.key(int(config.seed)), 0x5A)
   logging.info("Sampling %d images for the grid of step %d.", int(config.sampling.num_samples), step)
   start = time.monotonic()
-  images = generator.generate(state.ema_params[0], int(config.sampling.num_samples), rng, stop=stop)
+  images = generator.generate(state.ema_params[0], int(config.sampling.num_samples), generation.sample_rng(config),
+                              stop=stop)
   logging.info("Sampled the grid of step %d in %.1f s.", step, time.monotonic() - start)
-  grid = sampling.image_grid(sampling.to_uint8(images))
+  grid = pixels.image_grid(pixels.to_uint8(images))
   if jax.process_index() == 0:
-    sampling.save_png(epath.Path(workdir) / "samples" / f"step_{step:08d}.png", grid,
-                      upscale=max(1, 128 // int(config.data.image_size)))
+    pixels.save_png(epath.Path(workdir) / "samples" / f"step_{step:08d}.png", grid,
+                    upscale=max(1, 128 // int(config.data.image_size)))
   writer.write_images(step, {"samples": grid[None]})
 
 
@@ -179,7 +180,7 @@ class _Loop:
     self.request = stop
     t = config.train
     self.steps_per_call, self.num_steps = int(t.steps_per_call), int(t.num_steps)
-    schedule = sampling.training_schedule(config)
+    schedule = generation.training_schedule(config)
     replicated = parallel.replicated(mesh)
     self.train_step = jax.jit(
         make_train_step(config, model, schedule),
@@ -188,7 +189,7 @@ class _Loop:
     self.fresh_sums = jax.jit(lambda: init_metric_sums(schedule.num_steps), out_shardings=replicated)
     self.norms = jax.jit(lambda s: state_norms(s, config.ema_rates))
     self.learning_rate = train_state.learning_rate_schedule(config.optim)
-    self.generator = sampling.Generator(config, model, mesh, schedule)
+    self.generator = generation.Generator(config, model, mesh, schedule)
     self.writer = summaries.create_writer(workdir, is_main=jax.process_index() == 0)
 
   def batch(self, batches) -> dict:

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from debias_jax import benchmark
+from debias_jax import generation
 from debias_jax import parallel
-from debias_jax import sampling
 from debias_jax.diffusion import losses
 from debias_jax.diffusion import weighting
 from debias_jax.models import unet
@@ -32,7 +32,7 @@ BF16_RELATIVE_TOLERANCE = 1e-3
 def fixed_loss(config, params, images):
   """The config's training loss of `params` on fixed images with fixed noise and timesteps (key 123)."""
   model = unet.create_model(config)
-  schedule = sampling.training_schedule(config)
+  schedule = generation.training_schedule(config)
   loss_fn = losses.make_loss_fn(schedule, weighting.loss_weights_from_config(schedule, config.loss),
                                 config.loss.target, config.model.learn_sigma)
   predict = lambda p: (lambda x, t: model.apply({"params": p}, x, t, None))
@@ -63,7 +63,7 @@ class BenchmarkTest(parameterized.TestCase):
     states = {}
     for dtype in ("float32", "bfloat16"):
       config = test_util.config(**{"model.dtype": dtype})
-      model, schedule = unet.create_model(config), sampling.training_schedule(config)
+      model, schedule = unet.create_model(config), generation.training_schedule(config)
       figures, states[dtype] = benchmark.benchmark_train(config, mesh, model, schedule, steps=3, warmup_calls=1,
                                                          log=lambda _: None)
       self.assertEqual(figures["loss_dtype"], "float32")

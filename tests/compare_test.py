@@ -122,7 +122,7 @@ class QuickPresetEndToEndTest(absltest.TestCase):
   def test_a_rerun_resumes_without_redoing_anything(self):
     with mock.patch.object(train, "train_and_evaluate", side_effect=AssertionError("trained again")), \
          mock.patch.object(analysis_study, "analyze", side_effect=AssertionError("analysed again")), \
-         mock.patch("debias_jax.generate.sample_batches", side_effect=AssertionError("sampled again")):
+         mock.patch("debias_jax.generation.Generator.batches", side_effect=AssertionError("sampled again")):
       path = compare.run(self.config, self.workdir, command="second invocation")
     with open(path) as f:
       again = f.read()

@@ -12,6 +12,7 @@ import numpy as np
 from absl.testing import absltest
 from sklearn import datasets as sk_datasets
 
+from debias_jax import pixels
 from debias_jax.evaluation import features
 from debias_jax.evaluation import fid
 from debias_jax.evaluation import inception
@@ -120,7 +121,7 @@ class FeaturesTest(absltest.TestCase):
     images = features.load_dataset_arrays(config, max_examples=200)[0]
     path = fid.save_samples_npz(os.path.join(self.cache_dir, "samples.npz"), images)
     from_file = features.evaluate_samples(extractor, path, reference)
-    from_arrays = features.evaluate_samples(extractor, fid.to_uint8(images), reference)
+    from_arrays = features.evaluate_samples(extractor, pixels.to_uint8(images), reference)
     self.assertEqual(from_file, from_arrays)
     streamed = features.evaluate_samples(extractor, (images[i:i + 64] for i in range(0, 200, 64)), reference)
     self.assertEqual(streamed["num_samples"], 200)
@@ -136,7 +137,7 @@ class FeaturesTest(absltest.TestCase):
     adm_path = os.path.join(self.cache_dir, "adm.npz")   # ADM's Inception statistics: another feature space
     np.savez(adm_path, arr_0=images, mu=np.zeros(2048), sigma=np.eye(2048))
     reference = features.reference_from_npz(extractor, adm_path)
-    expected = fid.compute_statistics(fid.to_float(images).reshape(30, -1))
+    expected = fid.compute_statistics(pixels.to_float(images).reshape(30, -1))
     np.testing.assert_allclose(reference.stats.sigma, expected.sigma, rtol=1e-10, atol=1e-12)
     self.assertEqual(reference.features.shape, (30, 48))
     stats_only = os.path.join(self.cache_dir, "stats_only.npz")
@@ -161,7 +162,7 @@ class FeaturesTest(absltest.TestCase):
     self.assertAlmostEqual(from_data["fid"], 0.0, delta=1e-6)
     reference = fid.save_reference_batch(os.path.join(self.cache_dir, "ref.npz"), images=images[:200])  # as uint8
     from_file = evaluate(eval_config(self.cache_dir, feature_space="pixels", reference_npz=reference), config,
-                         fid.to_uint8(images[:200]))
+                         pixels.to_uint8(images[:200]))
     self.assertAlmostEqual(from_file["fid"], 0.0, delta=1e-6)
     self.assertGreater(evaluate(eval_config(self.cache_dir, feature_space="pixels", reference_npz=reference), config,
                                 images[200:])["fid"], 0.1)

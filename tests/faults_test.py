@@ -218,9 +218,8 @@ class InProcessFaultsTest(parameterized.TestCase):
     self.assertEqual(checkpointer.saved_config(4)["loss"]["target"], "eps")
 
   def test_sampling_with_another_target_is_refused(self):
-    from debias_jax import generate  # pylint: disable=g-import-not-at-top
     with self.assertRaisesRegex(config_checks.ConfigError, "config.loss.target: trained with 'eps', given 'x0'"):
-      generate.restore_params(config(**{"loss.target": "x0"}), self.pristine)
+      checkpointing.restore_params(config(**{"loss.target": "x0"}), self.pristine)
 
   @parameterized.parameters("_CHECKPOINT_METADATA", "default/_METADATA", "default/_sharding",
                             "default/manifest.ocdbt", "default/array_metadatas/process_0",

@@ -17,11 +17,11 @@ from etils import epath
 from debias_jax import jsonl
 from debias_jax import summaries
 from debias_jax import train
-from debias_jax import generate
 from debias_jax.analysis import study
-from debias_jax.evaluation import checkpoints
 from debias_jax.evaluation import fid
 from debias_jax.experiments import compare
+from debias_jax.modes import evaluate
+from debias_jax.modes import sample
 from tests import test_util
 from debias_jax.experiments import plan
 
@@ -60,8 +60,8 @@ def run_all(root: str, cache_dir: str) -> dict:
   c = config(cache_dir)
   run = str(epath.Path(root) / "run")
   train.train_and_evaluate(c, run)
-  record = generate.sample_to_files(c, run)
-  results = checkpoints.evaluate_checkpoints(c, run)
+  record = sample.sample_to_files(c, run)
+  results = evaluate.evaluate_checkpoints(c, run)
   analysis = study.analyze(c, run)
   report = compare.run(study_config(cache_dir), str(epath.Path(root) / "study"), command="test")
   run_path = epath.Path(run)

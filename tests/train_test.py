@@ -15,12 +15,12 @@ import numpy as np
 
 from debias_jax import checkpointing
 from debias_jax import config_checks
+from debias_jax import generation
 from debias_jax import train
 from debias_jax import train_state
 from debias_jax.data import pipeline
 from debias_jax.diffusion import losses
 from debias_jax.diffusion import weighting
-from debias_jax import sampling
 from debias_jax.models import unet
 from tests import test_util
 
@@ -28,7 +28,7 @@ from tests import test_util
 def fixed_batch_loss(config, params):
   """The loss on one fixed batch with fixed noise and timesteps: comparable across parameters."""
   model = unet.create_model(config)
-  schedule = sampling.training_schedule(config)
+  schedule = generation.training_schedule(config)
   loss_fn = losses.make_loss_fn(schedule, weighting.loss_weights_from_config(schedule, config.loss),
                                 config.loss.target, config.model.learn_sigma)
   batch = next(pipeline.create_eval_iterator(config.data, batch_size=256))

@@ -1,7 +1,7 @@
 """Figures of the bias study, drawn with matplotlib's Agg canvas (no display, no global backend switch).
 
 Each function takes the JSON-ready rows that `study` writes and returns an RGB uint8 array (H, W, 3), which
-`sampling.save_png` writes as a PNG and `summaries` writes to TensorBoard.
+`pixels.save_png` writes as a PNG and `summaries` writes to TensorBoard.
 """
 
 from __future__ import annotations

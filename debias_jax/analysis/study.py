@@ -28,11 +28,12 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from debias_jax import checkpointing
 from debias_jax import config_checks
-from debias_jax import generate
+from debias_jax import generation
 from debias_jax import logs
 from debias_jax import parallel
-from debias_jax import sampling
+from debias_jax import pixels
 from debias_jax import storage
 from debias_jax import summaries
 from debias_jax.analysis import bias
@@ -63,7 +64,7 @@ def check_analysis_config(config, num_devices: int) -> None:
   if a.bucket_by not in bias.BUCKET_KINDS:
     raise config_checks.ConfigError(f"config.analysis.bucket_by={a.bucket_by!r} is not valid; choose one of: "
                                     f"{', '.join(bias.BUCKET_KINDS)}.")
-  schedule = sampling.training_schedule(config)
+  schedule = generation.training_schedule(config)
   if a.num_buckets > schedule.num_steps:
     raise config_checks.ConfigError(f"config.analysis.num_buckets={a.num_buckets} exceeds the "
                                     f"{schedule.num_steps} timesteps.")
@@ -73,7 +74,7 @@ def check_analysis_config(config, num_devices: int) -> None:
                                       f"{', '.join(samplers.sampler_names())}.")
     for steps in a.sampling_steps:
       try:
-        sampling.make_sampler(config, schedule, name, str(steps))
+        generation.make_sampler(config, schedule, name, str(steps))
       except (ValueError, TypeError) as e:
         raise config_checks.ConfigError(f"config.analysis.sampling_steps has {steps!r}, which sampler {name!r} "
                                         f"cannot take: {e}") from e
@@ -94,11 +95,11 @@ def _fetch(x) -> np.ndarray:
 class _Study:
   """The pieces of one analysis run: model, params, schedule, data statistics and the sharded programs."""
 
-  def __init__(self, config, restored: generate.Restored):
+  def __init__(self, config, restored: checkpointing.Restored):
     self.config, self.restored = config, restored
     self.a = config.analysis
     self.mesh = restored.mesh
-    self.schedule = sampling.training_schedule(config)
+    self.schedule = generation.training_schedule(config)
     self.target = config.loss.target
     self.learn_sigma = bool(config.model.learn_sigma)
     self.num_classes = int(config.data.get("num_classes", 0))
@@ -112,7 +113,7 @@ class _Study:
     self.replicated = parallel.replicated(self.mesh)
 
   def _model_fn(self, params, labels):
-    return sampling.model_fn(self.restored.model, params, labels if self.num_classes else None)
+    return generation.model_fn(self.restored.model, params, labels if self.num_classes else None)
 
   # ----- 1. per-t errors, and the data statistics every later part compares with -----
 
@@ -191,8 +192,8 @@ class _Study:
   # ----- 3. colour shift vs sampling steps -----
 
   def color_shift(self, data: dict, writer) -> tuple[dict, dict, dict]:
-    generator = sampling.Generator(self.config, self.restored.model, self.mesh, self.schedule)
-    labels = generate.sample_labels(self.config, int(self.a.num_samples))
+    generator = generation.Generator(self.config, self.restored.model, self.mesh, self.schedule)
+    labels = generation.sample_labels(self.config, int(self.a.num_samples))
     results, exact_results, strips = {}, {}, {}
     progress = logs.Progress("Analysis: colour shift", len(self.a.samplers) * len(self.a.sampling_steps),
                              "sampler settings", every_seconds=0.0)
@@ -200,9 +201,9 @@ class _Study:
       results[name], exact_results[name], strip = [], [], []
       for steps in self.a.sampling_steps:
         start = time.time()
-        images = np.concatenate([b for b, _ in generate.sample_batches(
-            generator, self.restored.params, int(self.a.num_samples), jax.random.fold_in(self.rng, 0xC0),
-            batch_size=int(self.a.batch_size), sampler=name, steps=str(steps), labels=labels)])
+        images = generator.generate(
+            self.restored.params, int(self.a.num_samples), jax.random.fold_in(self.rng, 0xC0),
+            batch_size=int(self.a.batch_size), sampler=name, steps=str(steps), labels=labels)
         row = {"sampler": name, "steps": int(steps), "seconds": round(time.time() - start, 3),
                **color.color_shift_from_means(color.channel_means(images), data["channel_means"])}
         if self.mixture is not None:
@@ -213,12 +214,12 @@ class _Study:
                                                                      data["channel_means"]),
                                       **gmm_analysis.sample_quality(self.mixture, exact, data["images"])})
         results[name].append(row)
-        strip.append(sampling.to_uint8(images[:STRIP_IMAGES]))
+        strip.append(pixels.to_uint8(images[:STRIP_IMAGES]))
         logging.info("Colour shift, %s with %s steps: %s", name, steps,
                      {k: v for k, v in row.items() if k in ("channel_shift", "channel_fd", "mmd")})
         progress.update()
         writer.write_images(self.restored.step, {f"samples/{name}/steps{int(steps):04d}":
-                                                 sampling.image_grid(strip[-1], columns=STRIP_IMAGES)[None]})
+                                                 pixels.image_grid(strip[-1], columns=STRIP_IMAGES)[None]})
       strips[name] = np.concatenate(strip)
     return results, (exact_results if self.mixture is not None else {}), strips
 
@@ -229,7 +230,7 @@ class _Study:
       model_fn = lambda x, t: jnp.concatenate([exact(x, t), -jnp.ones_like(x)], axis=-1)
     else:
       model_fn = exact
-    sample = sampling.make_sampler(self.config, self.schedule, name, str(steps))
+    sample = generation.make_sampler(self.config, self.schedule, name, str(steps))
     run = jax.jit(lambda x_T, key: sample(model_fn, x_T, key))
     key = jax.random.fold_in(self.rng, 0xE0)
     x_T = jax.random.normal(jax.random.fold_in(key, 0), (int(self.a.num_samples),) + self.image_shape)
@@ -292,8 +293,8 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   config_checks.validate(config)
   mesh = parallel.create_mesh()
   check_analysis_config(config, mesh.devices.size)
-  restored = generate.restore_params(config, workdir, int(config.analysis.checkpoint_step),
-                                     bool(config.sampling.use_ema), mesh)
+  restored = checkpointing.restore_params(config, workdir, int(config.analysis.checkpoint_step),
+                                          bool(config.sampling.use_ema), mesh)
   study = _Study(config, restored)
   out_dir = epath.Path(workdir) / "analysis"
   writer = summaries.create_writer(out_dir, is_main=jax.process_index() == 0)
@@ -336,13 +337,13 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
              "signed_error": plots.signed_error_figure(x0_error["buckets"], title),
              "color_shift": plots.color_shift_figure(curves, title)}
   for name, strip in strips.items():
-    figures[f"samples_{name}"] = sampling.image_grid(strip, columns=STRIP_IMAGES)
+    figures[f"samples_{name}"] = pixels.image_grid(strip, columns=STRIP_IMAGES)
   if jax.process_index() == 0:
     result["figures"] = {}
     for name, image in figures.items():
       path = f"{stem}_{name}.png"
       upscale = max(1, 64 // int(config.data.image_size)) if name.startswith("samples_") else 1
-      sampling.save_png(path, image, upscale=upscale)
+      pixels.save_png(path, image, upscale=upscale)
       result["figures"][name] = path
     storage.write_json(stem + ".json", result)
   writer.write_scalars(restored.step, _scalars(result))

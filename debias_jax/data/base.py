@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from debias_jax.data import images as images_lib
+from debias_jax import pixels
 
 
 class Source(abc.ABC):
@@ -57,5 +57,5 @@ class ArraySource(Source):
   def read(self, indices):
     images = self.images[indices]
     if images.dtype == np.uint8:
-      images = images_lib.uint8_to_float(images)
+      images = pixels.to_float(images)
     return images, self.labels[indices]

@@ -14,6 +14,7 @@ import os
 from etils import epath
 import numpy as np
 
+from debias_jax import pixels
 from debias_jax import storage
 from debias_jax.data import base
 from debias_jax.data import images as images_lib
@@ -77,7 +78,7 @@ class FolderSource(base.Source):
     size, _, channels = self.image_shape
     decoded = self._pool.map(lambda i: images_lib.load_image_file(self.paths[i], size, channels), indices.tolist())
     images = np.stack(list(decoded)) if len(indices) else np.zeros((0,) + self.image_shape, np.uint8)
-    return images_lib.uint8_to_float(images), self.labels[indices]
+    return pixels.to_float(images), self.labels[indices]
 
   def info(self):
     return {"root": self.root}

@@ -1,4 +1,4 @@
-"""Image helpers shared by the folder and tfds sources: decoding, ADM-style resizing, scaling to [-1, 1]."""
+"""Image helpers shared by the folder and tfds sources: decoding and ADM-style resizing (scaling: pixels.py)."""
 
 from __future__ import annotations
 
@@ -62,8 +62,3 @@ def resize_array(array: np.ndarray, image_size: int) -> np.ndarray:
   channels = array.shape[-1]
   image = Image.fromarray(array[..., 0] if channels == 1 else array)
   return adm_resize(image, image_size).reshape(image_size, image_size, channels)
-
-
-def uint8_to_float(images: np.ndarray) -> np.ndarray:
-  """Maps 0..255 to [-1, 1] in float32."""
-  return images.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)

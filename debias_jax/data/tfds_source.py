@@ -30,6 +30,7 @@ import os
 from etils import epath
 import numpy as np
 
+from debias_jax import pixels
 from debias_jax.data import base
 from debias_jax.data import images as images_lib
 
@@ -250,7 +251,7 @@ class TfdsSource(base.Source):
   def read(self, indices):
     indices = np.asarray(indices)
     if not self.lazy:
-      return images_lib.uint8_to_float(self._images[indices]), self._labels[indices]
+      return pixels.to_float(self._images[indices]), self._labels[indices]
     # One record per call from a thread pool: array_record readers are thread-safe and tfds decodes (PIL/OpenCV)
     # inside __getitem__, so decoding runs in parallel.
     examples = list(self._pool.map(self._data.__getitem__, indices.tolist()))
@@ -260,7 +261,7 @@ class TfdsSource(base.Source):
       images[i] = self._resize(np.asarray(example[self.image_key]))
       if self.label_key:
         labels[i] = example[self.label_key]
-    return images_lib.uint8_to_float(images), labels
+    return pixels.to_float(images), labels
 
   def info(self):
     return {"tfds_access": self.access}

@@ -42,6 +42,7 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
+from debias_jax import pixels
 from debias_jax import storage
 from debias_jax.evaluation import fid as fid_lib
 
@@ -140,7 +141,7 @@ def pixel_extractor(batch_size: int = 256) -> FeatureExtractor:
   """Flattened float pixels in [-1, 1]: a Fréchet distance in pixel space."""
 
   def apply(images):
-    return {"features": fid_lib.to_float(images).reshape(np.shape(images)[0], -1)}
+    return {"features": pixels.to_float(images).reshape(np.shape(images)[0], -1)}
 
   return FeatureExtractor(name="pixels", key="pixels", apply=apply, batch_size=batch_size)
 
@@ -203,7 +204,7 @@ def train_standin(images, labels, recipe: StandinRecipe = StandinRecipe(), *,
   A holdout_fraction of the examples (after one fixed shuffle) is held out to measure accuracy; the initial
   weights and the training order come from numpy's generator seeded with recipe.seed.
   """
-  images = fid_lib.to_float(images)
+  images = pixels.to_float(images)
   labels = np.asarray(labels).astype(np.int32)
   if images.ndim != 4 or labels.shape != (images.shape[0],):
     raise ValueError(f"Need images (N, H, W, C) and labels (N,); got {images.shape} and {labels.shape}.")
@@ -295,7 +296,7 @@ def standin_apply_fn(model: StandinModel) -> Callable[[Any], dict[str, jax.Array
     if tuple(images.shape[1:]) != model.image_shape:
       raise ValueError(f"The stand-in network was trained on images of shape {model.image_shape}; got "
                        f"{tuple(images.shape[1:])}. Evaluate samples at the data's size and channels.")
-    return forward(params, fid_lib.to_float(images))
+    return forward(params, pixels.to_float(images))
 
   return apply
 

@@ -31,6 +31,7 @@ import numpy as np
 from absl import logging
 from scipy import linalg
 
+from debias_jax import pixels
 from debias_jax import storage
 
 ADM_IS_SPLIT_SIZE = 5000
@@ -307,37 +308,13 @@ def precision_recall(reference_features, sample_features, k: int = PR_NEIGHBOURH
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Images and npz files in ADM's layout.
-
-
-def to_uint8(images) -> np.ndarray:
-  """Float images in [-1, 1] to uint8: round((x + 1) * 127.5), clipped to [0, 255].
-
-  Rounding makes uint8 -> to_float -> to_uint8 exact. (guided-diffusion's sampling script truncates instead,
-  which shifts its saved samples down by half a level on average.)
-  """
-  images = np.asarray(images)
-  if images.dtype == np.uint8:
-    return images
-  if not np.issubdtype(images.dtype, np.floating):
-    raise ValueError(f"Images must be uint8 or float in [-1, 1]; got dtype {images.dtype}.")
-  return np.clip(np.round((images.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def to_float(images) -> np.ndarray:
-  """uint8 images [0, 255] to float32 [-1, 1]; float images pass through as float32."""
-  images = np.asarray(images)
-  if images.dtype == np.uint8:
-    return images.astype(np.float32) / 127.5 - 1.0
-  if not np.issubdtype(images.dtype, np.floating):
-    raise ValueError(f"Images must be uint8 or float in [-1, 1]; got dtype {images.dtype}.")
-  return images.astype(np.float32)
+# npz files in ADM's layout.
 
 
 def save_samples_npz(path: str, images, labels=None) -> str:
   """Writes images (N, H, W, C), uint8 or float in [-1, 1], as uint8 `arr_0` (+ int `arr_1` labels if given),
   the layout of guided-diffusion's image_sample.py that ADM's evaluator reads. Returns the path."""
-  images = to_uint8(images)
+  images = pixels.to_uint8(images)
   if images.ndim != 4:
     raise ValueError(f"Samples must be NHWC (4 dimensions); got shape {images.shape}.")
   arrays = {"arr_0": images}
@@ -380,7 +357,7 @@ def save_reference_batch(path: str, *, stats: FeatureStatistics | None = None, i
   reads them, plus optional `features` (float32, for precision/recall) and `meta_<name>` strings."""
   arrays = {}
   if images is not None:
-    arrays["arr_0"] = to_uint8(images)
+    arrays["arr_0"] = pixels.to_uint8(images)
   if stats is not None:
     arrays["mu"], arrays["sigma"] = stats.mu, stats.sigma
     arrays["num_examples"] = np.asarray(stats.num_examples, np.int64)

@@ -46,16 +46,16 @@ from debias_jax import config_files
 from debias_jax import jsonl
 from debias_jax import logs
 from debias_jax import preemption
+from debias_jax import pixels
 from debias_jax import runtime
-from debias_jax import sampling
 from debias_jax import storage
 from debias_jax import train
 from debias_jax import xla_cpu
 from debias_jax.analysis import study as analysis_study
-from debias_jax.evaluation import checkpoints as eval_checkpoints
 from debias_jax.evaluation import features
 from debias_jax.experiments import plan
 from debias_jax.experiments import report
+from debias_jax.modes import evaluate as eval_mode
 
 
 def validate_study(config) -> None:
@@ -77,7 +77,7 @@ def validate_study(config) -> None:
     c = plan.arm_config(config, arm)
     config_checks.validate(c)
     c.eval.sampler_steps = (f"{name}:{steps}",) + sweep
-    eval_checkpoints.parse_sampler_steps(c)
+    eval_mode.check_sampler_steps(c)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def train_arm(config, workdir: str, arm: plan.Arm) -> None:
 
 
 def _results_path(directory: str) -> str:
-  return str(epath.Path(directory, "eval", eval_checkpoints.RESULTS_FILE))
+  return str(epath.Path(directory, "eval", eval_mode.RESULTS_FILE))
 
 
 def _evaluate(c, directory: str, steps: list[int], entries: tuple[str, ...]) -> int:
@@ -152,7 +152,7 @@ def _evaluate(c, directory: str, steps: list[int], entries: tuple[str, ...]) -> 
   c = copy.deepcopy(c)
   c.eval.checkpoint_steps = tuple(steps)
   c.eval.sampler_steps = tuple(entries)
-  eval_checkpoints.evaluate_checkpoints(c, directory)
+  eval_mode.evaluate_checkpoints(c, directory)
   return len(jsonl.read(_results_path(directory))) - before
 
 
@@ -261,7 +261,7 @@ def data_floor(config, workdir: str) -> dict:
       rng = np.random.default_rng(int(config.seed))
       images = images[rng.choice(len(images), size=min(num, len(images)), replace=False)]
       independent = False
-    metrics = features.evaluate_samples(extractor, sampling.to_uint8(images), reference)
+    metrics = features.evaluate_samples(extractor, pixels.to_uint8(images), reference)
   record = {"key": key, "independent_of_reference": independent,
             **{k: float(v) for k, v in metrics.items()}}
   if jax.process_index() == 0:

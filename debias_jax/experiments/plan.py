@@ -13,6 +13,7 @@ from etils import epath
 import ml_collections
 
 from debias_jax import config_checks
+from debias_jax import generation
 from debias_jax.diffusion import targets
 from debias_jax.diffusion import weighting
 
@@ -65,10 +66,10 @@ def parse_arm(spec: str) -> Arm:
 
 
 def parse_sampler(entry: str, field: str) -> tuple[str, str]:
-  name, sep, steps = str(entry).partition(":")
-  if not sep or not name.strip() or not steps.strip():
-    raise config_checks.ConfigError(f"config.compare.{field} has {entry!r}; write 'sampler:steps', e.g. 'ddim:20'.")
-  return name.strip(), steps.strip()
+  try:
+    return generation.parse_sampler_steps(entry, f"compare.{field}")
+  except ValueError as e:
+    raise config_checks.ConfigError(str(e)) from e
 
 
 def study_arms(config) -> list[Arm]:

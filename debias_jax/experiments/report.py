@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from debias_jax import jsonl
-from debias_jax import sampling
+from debias_jax import pixels
 from debias_jax import storage
 from debias_jax.analysis import plots
 from debias_jax.analysis import study as analysis_study
@@ -180,7 +180,7 @@ class Study:
 
 
 def _save(study: Study, name: str, figure: Figure) -> str:
-  sampling.save_png(epath.Path(study.workdir, FIGURES_DIR, name), plots.render(figure))
+  pixels.save_png(epath.Path(study.workdir, FIGURES_DIR, name), plots.render(figure))
   return f"{FIGURES_DIR}/{name}"
 
 

@@ -12,10 +12,11 @@ import numpy as np
 
 from debias_jax import checkpointing
 from debias_jax import config_checks
+from debias_jax import generation
 from debias_jax import jsonl
-from debias_jax import generate
-from debias_jax.evaluation import checkpoints
 from debias_jax.evaluation import features
+from debias_jax.modes import evaluate
+from debias_jax.modes import sample
 from tests import test_util
 
 
@@ -35,7 +36,7 @@ class EvalModeTest(absltest.TestCase):
     test_util.write_checkpoint(config, cls.workdir, steps=(5,), params=test_util.random_params(config, seed=1))
     test_util.write_checkpoint(config, cls.workdir, steps=(10,), params=test_util.random_params(config, seed=2))
     cls.config = eval_config(cls.tmp, **{"eval.sampler_steps": ("ddim:3", "ddim:2")})
-    cls.records = checkpoints.evaluate_checkpoints(cls.config, cls.workdir)
+    cls.records = evaluate.evaluate_checkpoints(cls.config, cls.workdir)
     cls.results_path = os.path.join(cls.workdir, "eval", "results.jsonl")
 
   def test_every_result_names_its_settings(self):
@@ -55,7 +56,7 @@ class EvalModeTest(absltest.TestCase):
 
   def test_fid_is_that_of_the_sample_mode_files(self):
     config = eval_config(self.tmp, **{"sampling.num_samples": 16, "sampling.checkpoint_step": 5})
-    npz = generate.sample_to_files(config, self.workdir)["npz"]
+    npz = sample.sample_to_files(config, self.workdir)["npz"]
     extractor = features.get_feature_extractor(config.eval, config.data)
     reference = features.reference_from_config(extractor, config.eval, config.data)
     metrics = features.evaluate_samples(extractor, npz, reference, pr_k=int(config.eval.pr_k))
@@ -63,14 +64,14 @@ class EvalModeTest(absltest.TestCase):
     np.testing.assert_allclose(metrics["precision"], self.records[0]["precision"])
 
   def test_a_rerun_skips_what_is_done_and_adds_only_what_is_new(self):
-    with mock.patch.object(generate, "sample_batches", side_effect=AssertionError("sampled again")):
-      again = checkpoints.evaluate_checkpoints(self.config, self.workdir)
-      only_ten = checkpoints.evaluate_checkpoints(
+    with mock.patch.object(generation.Generator, "batches", side_effect=AssertionError("sampled again")):
+      again = evaluate.evaluate_checkpoints(self.config, self.workdir)
+      only_ten = evaluate.evaluate_checkpoints(
           eval_config(self.tmp, **{"eval.sampler_steps": ("ddim:3",), "eval.checkpoint_steps": (10,)}),
           self.workdir)
     self.assertEqual(again, self.records)
     self.assertEqual(only_ten, [self.records[2]])
-    more = checkpoints.evaluate_checkpoints(
+    more = evaluate.evaluate_checkpoints(
         eval_config(self.tmp, **{"eval.checkpoint_steps": (10,), "eval.num_samples": 24}), self.workdir)
     self.assertEqual([(r["checkpoint_step"], r["sampler"], r["steps"], r["num_samples"]) for r in more],
                      [(10, "ddim", "3", 24)])
@@ -81,15 +82,15 @@ class EvalModeTest(absltest.TestCase):
   def test_missing_checkpoints_are_named(self):
     empty = os.path.join(self.tmp, "empty")
     with self.assertRaisesRegex(checkpointing.CheckpointError, "No checkpoints in .*empty.*--mode train"):
-      checkpoints.evaluate_checkpoints(self.config, empty)
+      evaluate.evaluate_checkpoints(self.config, empty)
     with self.assertRaisesRegex(checkpointing.CheckpointError, r"No checkpoint at steps \[7\].*\[5, 10\]"):
-      checkpoints.evaluate_checkpoints(eval_config(self.tmp, **{"eval.checkpoint_steps": (7,)}), self.workdir)
+      evaluate.evaluate_checkpoints(eval_config(self.tmp, **{"eval.checkpoint_steps": (7,)}), self.workdir)
 
   def test_bad_sampler_steps_are_named(self):
     for entry, pattern in (("ddim50", "write 'sampler:steps'"), ("euler:10", "cannot build euler:10"),
                            ("ddim:ddim999", "cannot build ddim:ddim999")):
       with self.assertRaisesRegex(config_checks.ConfigError, pattern):
-        checkpoints.evaluate_checkpoints(eval_config(self.tmp, **{"eval.sampler_steps": (entry,)}), self.workdir)
+        evaluate.evaluate_checkpoints(eval_config(self.tmp, **{"eval.sampler_steps": (entry,)}), self.workdir)
 
 
 class CommandLineTest(absltest.TestCase):

@@ -12,10 +12,11 @@ from PIL import Image
 
 from debias_jax import checkpointing
 from debias_jax import config_checks
-from debias_jax import generate
+from debias_jax import generation
 from debias_jax import parallel
-from debias_jax import sampling
+from debias_jax import pixels
 from debias_jax.models import unet
+from debias_jax.modes import sample
 from tests import test_util
 
 
@@ -33,7 +34,7 @@ class SampleModeTest(absltest.TestCase):
     cls.config = test_util.config(test_util.SAMPLING)
     cls.workdir = os.path.join(cls.tmp, "uncond")
     test_util.write_checkpoint(cls.config, cls.workdir, steps=(5, 10))
-    cls.record = generate.sample_to_files(cls.config, cls.workdir)
+    cls.record = sample.sample_to_files(cls.config, cls.workdir)
 
   def test_npz_has_the_adm_layout_and_the_grid_exists(self):
     record = self.record
@@ -49,23 +50,22 @@ class SampleModeTest(absltest.TestCase):
     grid = np.asarray(Image.open(record["grid"]))
     upscale = 128 // 8
     self.assertEqual(grid.shape, (upscale * (4 * 9 + 1), upscale * (4 * 9 + 1)))   # 4x4 tiles, 1 px borders
-    expected = sampling.image_grid(arrays["arr_0"])[..., 0].repeat(upscale, 0).repeat(upscale, 1)
+    expected = pixels.image_grid(arrays["arr_0"])[..., 0].repeat(upscale, 0).repeat(upscale, 1)
     np.testing.assert_array_equal(grid, expected)
     with open(record["npz"][:-len(".npz")] + ".json") as f:
       self.assertEqual(json.load(f)["steps"], "3")
 
   def test_same_seed_same_samples_and_the_stream_does_not_depend_on_the_count(self):
     saved = load(self.record["npz"])["arr_0"]
-    again = load(generate.sample_to_files(self.config, self.workdir)["npz"])["arr_0"]
+    again = load(sample.sample_to_files(self.config, self.workdir)["npz"])["arr_0"]
     np.testing.assert_array_equal(again, saved)
     # The stream itself, with the params in memory: 8 samples are the first 8 of 16; another seed differs.
-    generator = sampling.Generator(self.config, unet.create_model(self.config), parallel.create_mesh())
+    generator = generation.Generator(self.config, unet.create_model(self.config), parallel.create_mesh())
     params = test_util.random_params(self.config)
 
     def stream(config, num):
-      batches = generate.sample_batches(generator, params, num, generate.sample_rng(config), batch_size=8,
-                                        sampler="ddim", steps="3")
-      return sampling.to_uint8(np.concatenate([images for images, _ in batches]))
+      images = generator.generate(params, num, generation.sample_rng(config), batch_size=8, sampler="ddim", steps="3")
+      return pixels.to_uint8(images)
 
     np.testing.assert_array_equal(stream(self.config, 8), saved[:8])
     other_seed = stream(test_util.config(test_util.SAMPLING, seed=1), 8)
@@ -77,9 +77,9 @@ class SampleModeTest(absltest.TestCase):
     test_util.write_checkpoint(config, workdir, steps=(3,), params=test_util.random_params(config, seed=1),
                                ema_params=test_util.random_params(config, seed=0))
     raw_config = test_util.config(test_util.SAMPLING, {"sampling.use_ema": False, "sampling.checkpoint_step": 3})
-    raw = generate.sample_to_files(raw_config, workdir)
+    raw = sample.sample_to_files(raw_config, workdir)
     self.assertIn("step_00000003_ddim_3_params_n16", raw["npz"])
-    ema = generate.sample_to_files(config, workdir)
+    ema = sample.sample_to_files(config, workdir)
     # The EMA params here are the params of the first workdir, sampled with the same key: the same images.
     np.testing.assert_array_equal(load(ema["npz"])["arr_0"], load(self.record["npz"])["arr_0"])
     self.assertGreater(np.abs(load(raw["npz"])["arr_0"].astype(int) - load(ema["npz"])["arr_0"]).mean(), 1.0)
@@ -87,16 +87,16 @@ class SampleModeTest(absltest.TestCase):
   def test_missing_checkpoint_names_the_workdir_and_what_to_run(self):
     empty = os.path.join(self.tmp, "nothing_here")
     with self.assertRaisesRegex(checkpointing.CheckpointError, f"No checkpoints in {empty}.*--mode train"):
-      generate.sample_to_files(self.config, empty)
+      sample.sample_to_files(self.config, empty)
     self.assertFalse(os.path.exists(empty))
     with self.assertRaisesRegex(checkpointing.CheckpointError, r"No checkpoint at step 7 .*\[5, 10\]"):
-      generate.sample_to_files(test_util.config(test_util.SAMPLING, {"sampling.checkpoint_step": 7}), self.workdir)
+      sample.sample_to_files(test_util.config(test_util.SAMPLING, {"sampling.checkpoint_step": 7}), self.workdir)
 
   def test_a_config_that_reads_the_model_differently_is_named(self):
     with self.assertRaisesRegex(config_checks.ConfigError, "config.loss.target: trained with 'x0', given 'v'"):
-      generate.sample_to_files(test_util.config(test_util.SAMPLING, {"loss.target": "v"}), self.workdir)
+      sample.sample_to_files(test_util.config(test_util.SAMPLING, {"loss.target": "v"}), self.workdir)
     with self.assertRaisesRegex(config_checks.ConfigError, "sampling.labels.*unconditional"):
-      generate.sample_to_files(test_util.config(test_util.SAMPLING, {"sampling.labels": (1,)}), self.workdir)
+      sample.sample_to_files(test_util.config(test_util.SAMPLING, {"sampling.labels": (1,)}), self.workdir)
 
 
 class ConditionalSampleTest(absltest.TestCase):
@@ -105,17 +105,17 @@ class ConditionalSampleTest(absltest.TestCase):
     config = test_util.config(test_util.SAMPLING, {"data.num_classes": 10})
     workdir = tempfile.mkdtemp()
     test_util.write_checkpoint(config, workdir)
-    cycled = load(generate.sample_to_files(config, workdir)["npz"])
+    cycled = load(sample.sample_to_files(config, workdir)["npz"])
     self.assertEqual(sorted(cycled), ["arr_0", "arr_1"])
     np.testing.assert_array_equal(cycled["arr_1"], np.arange(16) % 10)
     labelled = test_util.config(test_util.SAMPLING, {"data.num_classes": 10, "sampling.labels": (3,)})
-    given = load(generate.sample_to_files(labelled, workdir)["npz"])
+    given = load(sample.sample_to_files(labelled, workdir)["npz"])
     np.testing.assert_array_equal(given["arr_1"], np.full(16, 3))
     # Same noise, other labels: example 3 has label 3 in both runs, example 0 does not.
     np.testing.assert_array_equal(given["arr_0"][3], cycled["arr_0"][3])
     self.assertGreater(np.abs(given["arr_0"][0].astype(int) - cycled["arr_0"][0]).mean(), 0.5)
     with self.assertRaisesRegex(config_checks.ConfigError, r"sampling.labels has \[12\], outside \[0, 10\)"):
-      generate.sample_to_files(test_util.config(test_util.SAMPLING, {"data.num_classes": 10, "sampling.labels": (12,)}),
+      sample.sample_to_files(test_util.config(test_util.SAMPLING, {"data.num_classes": 10, "sampling.labels": (12,)}),
                                workdir)
 
 
