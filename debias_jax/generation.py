@@ -124,7 +124,8 @@ class Generator:
     sampling.batch_size, rounded down to a multiple of the devices); labels default to sample_labels.
 
     Batch i is drawn from fold_in(rng, i), so the stream depends only on (rng, batch size, sampler, steps, labels),
-    never on `num`: the first n samples of a longer run are those of a run of n. With a preemption.StopRequest
+    never on `num`: the first n samples of a longer run are those of a run of n (bit for bit where n is a multiple
+    of the batch size; a shorter last batch is another program, equal up to float rounding). With a StopRequest
     `stop`, a SIGTERM ends it promptly with preemption.Preempted, even mid-batch.
     """
     devices = self.mesh.devices.size
