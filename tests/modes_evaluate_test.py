@@ -36,7 +36,9 @@ class EvalModeTest(absltest.TestCase):
     test_util.write_checkpoint(config, cls.workdir, steps=(5,), params=test_util.random_params(config, seed=1))
     test_util.write_checkpoint(config, cls.workdir, steps=(10,), params=test_util.random_params(config, seed=2))
     cls.config = eval_config(cls.tmp, **{"eval.sampler_steps": ("ddim:3", "ddim:2")})
-    cls.records = evaluate.evaluate_checkpoints(cls.config, cls.workdir)
+    with mock.patch.object(generation, "make_sampler", wraps=generation.make_sampler) as make_sampler:
+      cls.records = evaluate.evaluate_checkpoints(cls.config, cls.workdir)
+    cls.built = [c.args[2:] for c in make_sampler.call_args_list]
     cls.results_path = os.path.join(cls.workdir, "eval", "results.jsonl")
 
   def test_every_result_names_its_settings(self):
@@ -53,6 +55,10 @@ class EvalModeTest(absltest.TestCase):
     self.assertNotEqual(self.records[0]["fid"], self.records[2]["fid"])   # other params, other samples
     self.assertEqual(jsonl.read(self.results_path)[:4], self.records)
     self.assertTrue(any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.dirname(self.results_path))))
+
+  def test_each_sampler_is_built_once(self):
+    # (Config validation builds config.sampling's own sampler, named by no argument.)
+    self.assertEqual([args for args in self.built if args], [("ddim", "3"), ("ddim", "2")])
 
   def test_fid_is_that_of_the_sample_mode_files(self):
     config = eval_config(self.tmp, **{"sampling.num_samples": 16, "sampling.checkpoint_step": 5})
