@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 from absl.testing import absltest
 
-from debias_jax import pixels
+from debias_jax import pixels as pixels_lib
 from debias_jax.evaluation import evaluator
 from debias_jax.evaluation import features
 from debias_jax.evaluation import fid
@@ -38,7 +38,7 @@ class EvaluatorTest(absltest.TestCase):
 
   def test_stored_statistics_are_used_only_in_inception_space(self):
     reference = os.path.join(self.dir, "adm_ref.npz")   # ADM's layout: images plus (Inception) statistics
-    stats = fid.compute_statistics(pixels.to_float(self.images).reshape(len(self.images), -1))
+    stats = fid.compute_statistics(pixels_lib.to_float(self.images).reshape(len(self.images), -1))
     np.savez(reference, arr_0=self.images, mu=stats.mu + 1.0, sigma=stats.sigma)
     # A stand-in for Inception that is cheap to run (flattened pixels under the name "inception"): the stored
     # statistics, not the arr_0 images, must be what the samples are compared against ...
