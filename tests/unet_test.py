@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from debias_jax import config_checks
 from debias_jax.models import conv
 from debias_jax.models import unet
 from tests import test_util
@@ -257,8 +258,8 @@ class UNetTest(parameterized.TestCase):
       ("dtype", dict(dtype="float64"), "model.dtype"),
   )
   def test_invalid_config_names_the_field(self, overrides, field):
-    with self.assertRaisesRegex(ValueError, field.replace(".", r"\.")):
-      unet.create_model(_config(**overrides))
+    with self.assertRaisesRegex(config_checks.ConfigError, field.replace(".", r"\.")):
+      config_checks.validate_model(_config(**overrides))
 
   def test_wrong_input_shape(self):
     model = unet.create_model(_tiny())
