@@ -55,7 +55,7 @@ def make_train_step(config, model, schedule):
   loss_fn = losses.make_loss_fn(schedule, weights, config.loss.target, bool(config.model.learn_sigma))
   tx = train_state.make_optimizer(config.optim)
   rates = tuple(float(r) for r in config.ema_rates)
-  conditional = int(config.data.get("num_classes", 0)) > 0
+  conditional = int(config.data.num_classes) > 0
 
   def one_step(state: train_state.TrainState, sums: dict, batch: dict):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
