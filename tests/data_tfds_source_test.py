@@ -281,13 +281,13 @@ import jax
 process, port, tmp = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 jax.distributed.initialize(coordinator_address="127.0.0.1:" + port, num_processes=2, process_id=process)
 from debias_jax.data import tfds_source
-from tests import data_tfds_test
-tfds = data_tfds_test.tfds
+from tests import data_tfds_source_test
+tfds = data_tfds_source_test.tfds
 result = {}
 for case, data_dir in (("shared", "shared"), ("own", f"own{process}"), ("again", "shared"),
                        ("fails_on_0", "file" if process == 0 else "fresh1")):
   try:
-    result[case] = tfds_source.prepare(tfds, data_tfds_test.NAME, os.path.join(tmp, data_dir))
+    result[case] = tfds_source.prepare(tfds, data_tfds_source_test.NAME, os.path.join(tmp, data_dir))
   except RuntimeError as e:
     result[case] = str(e).splitlines()[0]
 print("RESULT " + json.dumps(result))
