@@ -7,6 +7,7 @@ import json
 import ml_collections
 import numpy as np
 
+from debias_jax import builders
 from debias_jax import sampling
 from debias_jax.data import embedded
 from debias_jax.data import pipeline
@@ -102,7 +103,7 @@ def validate_sampling(config) -> None:
   s = config.sampling
   _choice(s.sampler, samplers.sampler_names(), "sampling.sampler")
   try:
-    sampling.make_sampler(config, sampling.training_schedule(config))
+    sampling.make_sampler(config, builders.schedule(config))
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config.sampling.sampler={s.sampler!r} with sampling.steps={s.steps!r} and "
                       f"sampling.solver_options={dict(s.get('solver_options', {}))}: {e}") from e

@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from debias_jax.models import conv as conv_lib
 
 # ADM's channel multipliers by image size (guided-diffusion script_util.create_model); 16 and 8 are ours.
 DEFAULT_CHANNEL_MULT = {
@@ -280,7 +279,7 @@ class UNet(nn.Module):
   attention_resolutions are in pixels (16 = attention on the 16x16 feature maps). dtype is the compute dtype of
   the torso (the timestep MLP, GroupNorm statistics, softmax and output head stay float32); params are always
   float32 and so is the output. conv is the convolution primitive of every layer: XLA's own by default;
-  `create_model` passes `conv.conv_general_dilated`, the same maths with faster gradients on XLA:CPU.
+  `builders.create_model` passes `conv.conv_general_dilated`, the same maths with faster gradients on XLA:CPU.
   """
   image_size: int
   in_channels: int
@@ -362,39 +361,6 @@ class UNet(nn.Module):
     return _conv(self.out_channels, layout.out_channels_last, jnp.float32, "out_2", zero=True, conv_fn=self.conv)(h)
 
 
-def create_model(config, conv_fn: ConvFn = conv_lib.conv_general_dilated) -> UNet:
-  """The UNet described by config.model and config.data (image_size, channels, num_classes).
-
-  conv_fn is the convolution of every layer: by default `conv.conv_general_dilated`, which keeps XLA's
-  convolutions except where XLA:CPU's gradients are slow (it decides per platform when the program is lowered);
-  `jax.lax.conv_general_dilated` gives XLA's own everywhere (same params, same maths up to float rounding).
-  """
-  m, d = config.model, config.data
-  image_size = int(d.image_size)
-  channel_mult = resolve_channel_mult(tuple(m.channel_mult), image_size)
-  attention = tuple(int(r) for r in m.attention_resolutions)
-  channels = int(d.channels)
-  return UNet(
-      image_size=image_size,
-      in_channels=channels,
-      model_channels=int(m.model_channels),
-      out_channels=2 * channels if m.learn_sigma else channels,
-      num_res_blocks=int(m.num_res_blocks),
-      attention_resolutions=attention,
-      channel_mult=channel_mult,
-      dropout=float(m.dropout),
-      num_classes=int(d.num_classes),
-      num_heads=int(m.num_heads),
-      num_head_channels=int(m.num_head_channels),
-      use_scale_shift_norm=bool(m.use_scale_shift_norm),
-      resblock_updown=bool(m.resblock_updown),
-      use_new_attention_order=bool(m.use_new_attention_order),
-      dtype=DTYPES[str(m.dtype)],
-      remat=bool(m.remat),
-      conv=conv_fn,
-  )
-
-
 def _dummy_inputs(model: UNet, batch: int = 1):
   x = jnp.zeros((batch, model.image_size, model.image_size, model.in_channels), jnp.float32)
   t = jnp.zeros((batch,), jnp.float32)
@@ -414,7 +380,6 @@ def param_shapes(model: UNet):
   return jax.eval_shape(model.init, jax.random.key(0), x, t, y)["params"]
 
 
-def param_count(config_or_model) -> int:
-  """Number of parameters of the UNet of a config (or of a UNet), from shapes only."""
-  model = config_or_model if isinstance(config_or_model, UNet) else create_model(config_or_model)
+def param_count(model: UNet) -> int:
+  """Number of parameters of a UNet, from shapes only."""
   return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(param_shapes(model))))
