@@ -31,6 +31,7 @@ from etils import epath
 import jax
 import numpy as np
 
+from debias_jax import builders
 from debias_jax import config_checks
 from debias_jax import generation
 from debias_jax import parallel
@@ -289,8 +290,8 @@ def run(config, *, train_steps: int = 10, warmup_calls: int = 1, sample_batches:
       raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
   mesh = parallel.create_mesh()
   config_checks.validate(config, num_devices=mesh.devices.size)
-  model = unet.create_model(config)
-  schedule = generation.training_schedule(config)
+  model = builders.create_model(config)
+  schedule = builders.schedule(config)
   devices = jax.devices()
   compute_dtype = str(config.model.dtype)
   precision = jax.config.jax_default_matmul_precision

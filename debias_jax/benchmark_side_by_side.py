@@ -73,12 +73,12 @@ class JaxWorker:
 
   def __init__(self, config):
     import jax  # pylint: disable=g-import-not-at-top
-    from debias_jax import benchmark, generation, parallel, train, train_state  # pylint: disable=g-import-not-at-top
+    from debias_jax import benchmark, builders, generation, parallel, train, train_state  # pylint: disable=g-import-not-at-top
     from debias_jax.models import unet  # pylint: disable=g-import-not-at-top
     self.jax, self.benchmark, self.config = jax, benchmark, config
     self.mesh = parallel.create_mesh()
-    self.model = unet.create_model(config)
-    self.schedule = generation.training_schedule(config)
+    self.model = builders.create_model(config)
+    self.schedule = builders.schedule(config)
     replicated = parallel.replicated(self.mesh)
     self.state = jax.jit(lambda rng: train_state.create_train_state(config, self.model, rng),
                          out_shardings=replicated)(jax.random.key(int(config.seed)))

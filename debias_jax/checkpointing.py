@@ -27,11 +27,11 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from debias_jax import builders
 from debias_jax import config_checks
 from debias_jax import parallel
 from debias_jax import storage
 from debias_jax import train_state
-from debias_jax.models import unet
 
 STATE_ITEM, CONFIG_ITEM = "default", "config"
 TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -300,7 +300,7 @@ def restore_params(config, workdir: str, step: int = -1, use_ema: bool = True, m
   mesh = parallel.create_mesh() if mesh is None else mesh
   state = restore_state(config, workdir, None if int(step) < 0 else int(step), mesh)
   params = state.ema_params[0] if use_ema else state.params
-  return Restored(unet.create_model(config), params, int(jax.device_get(state.step)), params_name(config, use_ema),
+  return Restored(builders.create_model(config), params, int(jax.device_get(state.step)), params_name(config, use_ema),
                   mesh)
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import ml_collections
+import numpy as np
 
+from debias_jax import builders
 from debias_jax import generation
+from debias_jax.data import embedded
 from debias_jax.data import pipeline
 from debias_jax.diffusion import samplers
 from debias_jax.diffusion import schedules
@@ -100,7 +103,7 @@ def validate_sampling(config) -> None:
   s = config.sampling
   _choice(s.sampler, samplers.sampler_names(), "sampling.sampler")
   try:
-    generation.make_sampler(config, generation.training_schedule(config))
+    generation.make_sampler(config, builders.schedule(config))
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config.sampling.sampler={s.sampler!r} with sampling.steps={s.steps!r} and "
                       f"sampling.solver_options={dict(s.get('solver_options', {}))}: {e}") from e
@@ -122,14 +125,8 @@ def validate(config, num_devices: int | None = None) -> None:
   _require(loss.p2_k >= 0 and loss.p2_gamma >= 0 and loss.min_snr_gamma > 0,
            "config.loss.p2_k and p2_gamma must be >= 0 and config.loss.min_snr_gamma > 0.")
 
-  try:
-    pipeline.check_data_config(config.data)
-  except ValueError as e:
-    raise ConfigError(str(e)) from e
-  try:
-    unet.create_model(config)
-  except ValueError as e:
-    raise ConfigError(str(e)) from e
+  validate_data(config.data)
+  validate_model(config)
 
   o = config.optim
   _require(o.learning_rate > 0, f"config.optim.learning_rate must be > 0, got {o.learning_rate}.")
@@ -153,3 +150,88 @@ def validate(config, num_devices: int | None = None) -> None:
   _require(t.num_steps % t.steps_per_call == 0,
            f"config.train.num_steps={t.num_steps} must be a multiple of train.steps_per_call={t.steps_per_call}.")
   validate_sampling(config)
+
+
+# ----- data and model: what the dataset and the UNet need, checked without reading data or building arrays -----
+
+def _choices(values) -> str:
+  return ", ".join(str(v) for v in values)
+
+
+def _non_negative_int(value, field: str) -> None:
+  _require(isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0,
+           f"config.{field} must be a non-negative integer, got {value!r}.")
+
+
+def validate_data(d) -> None:
+  """config.data (the section): the source, the name and every field its source reads."""
+  _require(d.source in pipeline.SOURCES, f"Unknown data.source={d.source!r}; valid: {_choices(pipeline.SOURCES)}.")
+  for field in ("image_size", "channels", "num_classes"):
+    _non_negative_int(d[field], f"data.{field}")
+  _require(d.image_size >= 1 and d.channels >= 1,
+           f"data.image_size and data.channels must be positive, got {d.image_size}, {d.channels}.")
+  if d.source == "embedded":
+    _validate_embedded(d)
+  elif d.source == "tfds":
+    _require(bool(d.name), "data.name is empty: set it to a TFDS dataset name, e.g. cifar10.")
+  else:
+    _require(d.channels in (1, 3), f"data.channels={d.channels} is not supported for image folders; valid: 1, 3.")
+
+
+def _validate_embedded(d) -> None:
+  spec = pipeline.EMBEDDED_DATASETS.get(d.name)
+  _require(spec is not None,
+           f"Unknown embedded dataset data.name={d.name!r}; valid: {_choices(pipeline.EMBEDDED_DATASETS)}.")
+  sizes, channels = spec["image_sizes"], spec["channels"]
+  _require(sizes is None or d.image_size in sizes,
+           f"data.image_size={d.image_size} is not offered by {d.name!r}; valid: {_choices(sizes or ())}.")
+  _require(sizes is not None or d.image_size >= 2,
+           f"data.image_size={d.image_size} is too small for {d.name!r}; use 2 or more.")
+  _require(channels is None or d.channels in channels,
+           f"data.channels={d.channels} does not match {d.name!r}; valid: {_choices(channels or ())}.")
+  _require(d.split in spec["splits"],
+           f"data.split={d.split!r} is not a split of {d.name!r}; valid: {_choices(spec['splits'])}.")
+  if d.name == "digits":
+    _require(d.digits_upsample in embedded.DIGITS_UPSAMPLE_MODES, f"Unknown data.digits_upsample="
+             f"{d.digits_upsample!r}; valid: {_choices(embedded.DIGITS_UPSAMPLE_MODES)}.")
+  if d.name == "gmm":
+    for field, minimum in (("gmm_components", 1), ("gmm_rank", 0), ("gmm_num_train", 1), ("gmm_num_test", 1)):
+      value = d[field]
+      _require(isinstance(value, (int, np.integer)) and value >= minimum,
+               f"data.{field} must be an integer >= {minimum}, got {value!r}.")
+    dim = d.image_size ** 2 * d.channels
+    _require(d.gmm_rank <= dim, f"data.gmm_rank={d.gmm_rank} exceeds the image dimension {dim}.")
+    _require(d.gmm_noise_std > 0, f"data.gmm_noise_std must be positive, got {d.gmm_noise_std!r}.")
+
+
+def validate_model(config) -> None:
+  """config.model with config.data's image size: every UNet the config describes can be built."""
+  m = config.model
+  _require(str(m.dtype) in unet.DTYPES, f"model.dtype={m.dtype!r} is not one of {sorted(unet.DTYPES)}.")
+  try:
+    channel_mult = unet.resolve_channel_mult(tuple(m.channel_mult), int(config.data.image_size))
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  image_size, width = int(config.data.image_size), int(m.model_channels)
+  levels = len(channel_mult)
+  _require(image_size > 0 and image_size % (2 ** (levels - 1)) == 0,
+           f"data.image_size={image_size} is not divisible by 2**(len(model.channel_mult)-1)={2 ** (levels - 1)} "
+           f"(model.channel_mult={tuple(channel_mult)}); use fewer levels or another image size.")
+  resolutions = [image_size // 2 ** level for level in range(levels)]
+  attention = [int(r) for r in m.attention_resolutions]
+  bad = [r for r in attention if r not in resolutions]
+  _require(not bad, f"model.attention_resolutions={tuple(attention)} contains {bad}, which never occurs in this "
+                    f"UNet; the resolutions (in pixels) are {resolutions}.")
+  widths = [int(mult * width) for mult in channel_mult]
+  for w in sorted(set(widths)):
+    _require(w % unet.NUM_GROUPS == 0, f"model.model_channels={width} with model.channel_mult={tuple(channel_mult)} "
+                                       f"gives {w} channels, not a multiple of the {unet.NUM_GROUPS} GroupNorm groups.")
+  # Attention runs at the listed resolutions and always in the middle block (the last level's width).
+  for w in sorted({w for w, r in zip(widths, resolutions) if r in attention} | {widths[-1]}):
+    if m.num_head_channels > 0:
+      _require(w % m.num_head_channels == 0, f"model.num_head_channels={m.num_head_channels} does not divide the "
+                                             f"{w} channels of an attention layer.")
+    else:
+      _require(m.num_heads > 0 and w % m.num_heads == 0, f"model.num_heads={m.num_heads} does not divide the {w} "
+                                                         "channels of an attention layer (or set "
+                                                         "model.num_head_channels > 0).")

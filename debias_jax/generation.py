@@ -1,5 +1,7 @@
 """Generating images: the config's samplers, class labels, and one deterministic stream of sample batches.
 
+The sampler and label builders of `builders` (which makes the model and schedule they run on) live here.
+
 Shared by the training loop (sample grids), `--mode sample`, `--mode eval`, the bias study and the benchmarks, so
 that all of them draw the same images for the same (seed, sampler, steps, batch size, labels). Plain library:
 errors are ValueErrors naming the field; the drivers turn them into ConfigErrors.
@@ -14,20 +16,13 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+from debias_jax import builders
 from debias_jax import parallel
 from debias_jax import preemption
 from debias_jax.diffusion import samplers
 from debias_jax.diffusion.schedules import Schedule
 
 SAMPLE_KEY = 0x5A3F   # fold_in(seed key, SAMPLE_KEY) starts the sample stream of training grids, sample and eval
-
-
-def training_schedule(config) -> Schedule:
-  return Schedule.named(config.diffusion.schedule, int(config.diffusion.num_timesteps))
-
-
-def var_type(config) -> str:
-  return "learned_range" if config.model.learn_sigma else "fixed_small"
 
 
 def model_fn(model, params, labels=None):
@@ -55,7 +50,7 @@ def make_sampler(config, schedule: Schedule, name: str | None = None, steps=None
   s = config.sampling
   name = s.sampler if name is None else name
   return samplers.get_sampler(name, schedule, s.steps if steps is None else steps, target=config.loss.target,
-                              var_type=var_type(config), **sampler_options(config, name))
+                              var_type=builders.var_type(config), **sampler_options(config, name))
 
 
 def parse_sampler_steps(entry, field: str) -> tuple[str, str]:
@@ -92,7 +87,7 @@ class Generator:
 
   def __init__(self, config, model, mesh, schedule: Schedule | None = None):
     self.config, self.model, self.mesh = config, model, mesh
-    self.schedule = training_schedule(config) if schedule is None else schedule
+    self.schedule = builders.schedule(config) if schedule is None else schedule
     self.conditional = int(config.data.num_classes) > 0
     self.image_shape = (int(config.data.image_size),) * 2 + (int(config.data.channels),)
     self._programs = {}   # (sampler, steps) -> jitted program; per instance, so it goes with the Generator

@@ -20,11 +20,12 @@ import ml_collections
 import numpy as np
 import optax
 
+from debias_jax import builders
 from debias_jax import checkpointing
 from debias_jax import config_checks
+from debias_jax import generation
 from debias_jax import jsonl
 from debias_jax import logs
-from debias_jax import generation
 from debias_jax import parallel
 from debias_jax import pixels
 from debias_jax import preemption
@@ -34,8 +35,6 @@ from debias_jax import train_state
 from debias_jax import workdir_lock
 from debias_jax.data import pipeline
 from debias_jax.diffusion import losses
-from debias_jax.diffusion import weighting
-from debias_jax.models import unet
 
 NO_NONFINITE_STEP = np.iinfo(np.int32).max
 CONFIG_CHANGES = "config_changes.jsonl"   # deliberate config changes on resume (allow_config_change), per step
@@ -52,11 +51,10 @@ def init_metric_sums(num_steps: int) -> dict:
 def make_train_step(config, model, schedule):
   """train_step(state, metric_sums, batch) -> (state, metric_sums); with train.steps_per_call = K > 1 the batch
   arrays carry a leading axis of K steps and the call runs them in a lax.scan."""
-  weights = weighting.loss_weights_from_config(schedule, config.loss)
-  loss_fn = losses.make_loss_fn(schedule, weights, config.loss.target, bool(config.model.learn_sigma))
-  tx = train_state.make_optimizer(config.optim)
+  loss_fn = builders.loss_fn(config, schedule)
+  tx = builders.optimizer(config)
   rates = tuple(float(r) for r in config.ema_rates)
-  conditional = int(config.data.get("num_classes", 0)) > 0
+  conditional = int(config.data.num_classes) > 0
 
   def one_step(state: train_state.TrainState, sums: dict, batch: dict):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -180,7 +178,7 @@ class _Loop:
     self.request = stop
     t = config.train
     self.steps_per_call, self.num_steps = int(t.steps_per_call), int(t.num_steps)
-    schedule = generation.training_schedule(config)
+    schedule = builders.schedule(config)
     replicated = parallel.replicated(mesh)
     self.train_step = jax.jit(
         make_train_step(config, model, schedule),
@@ -188,7 +186,7 @@ class _Loop:
         out_shardings=(replicated, replicated), donate_argnums=(0, 1))
     self.fresh_sums = jax.jit(lambda: init_metric_sums(schedule.num_steps), out_shardings=replicated)
     self.norms = jax.jit(lambda s: state_norms(s, config.ema_rates))
-    self.learning_rate = train_state.learning_rate_schedule(config.optim)
+    self.learning_rate = builders.learning_rate(config)
     self.generator = generation.Generator(config, model, mesh, schedule)
     self.writer = summaries.create_writer(workdir, is_main=jax.process_index() == 0)
 
@@ -288,7 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
       checkpointing.remove_unfinished_saves(directory)
     checkpointer = checkpointing.Checkpointer(directory, keep=int(config.train.keep_checkpoints))
     try:
-      model = unet.create_model(config)
+      model = builders.create_model(config)
       state = _start_or_resume(config, model, checkpointer, workdir, parallel.replicated(mesh))
       step = int(jax.device_get(state.step))
       if step % int(config.train.steps_per_call):

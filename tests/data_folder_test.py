@@ -145,7 +145,7 @@ class FolderSourceTest(absltest.TestCase):
       data.dataset_info(folder_config(empty))
 
   def tearDown(self):
-    pipeline._SOURCE_CACHE.clear()   # pylint: disable=protected-access  (the folders change between tests)
+    pipeline._cached_source.cache_clear()   # pylint: disable=protected-access  (the folders change between tests)
     super().tearDown()
 
 

@@ -170,13 +170,13 @@ class FeaturesTest(absltest.TestCase):
   def test_feature_space_resolution_and_errors(self):
     resolve = features.resolve_feature_space
     self.assertEqual(resolve(eval_config(""), digits_config()), "standin")
-    self.assertEqual(resolve(eval_config(""), {"source": "embedded", "name": "photo_patches"}), "standin")
-    self.assertEqual(resolve(eval_config(""), {"source": "embedded", "name": "gmm"}), "pixels")
-    self.assertEqual(resolve(eval_config(""), {"source": "tfds", "name": "cifar10"}), "inception")
-    self.assertEqual(resolve({"feature_space": "pixels"}, digits_config()), "pixels")
-    self.assertEqual(resolve(None, {"source": "folder"}), "inception")
+    self.assertEqual(resolve(eval_config(""), test_util.section("data", name="photo_patches")), "standin")
+    self.assertEqual(resolve(eval_config(""), test_util.section("data", name="gmm")), "pixels")
+    self.assertEqual(resolve(eval_config(""), test_util.section("data", source="tfds", name="cifar10")), "inception")
+    self.assertEqual(resolve(eval_config("", feature_space="pixels"), digits_config()), "pixels")
+    self.assertEqual(resolve(eval_config(""), test_util.section("data", source="folder")), "inception")
     with self.assertRaisesRegex(ValueError, "Unknown eval.feature_space='fancy'"):
-      resolve({"feature_space": "fancy"}, digits_config())
+      resolve(eval_config("", feature_space="fancy"), digits_config())
     with self.assertRaisesRegex(inception.InceptionWeightsError, "eval.inception_weights is empty"):
       features.get_feature_extractor(eval_config("", feature_space="inception"), digits_config())
     with self.assertRaisesRegex(ValueError, "at least two classes"):

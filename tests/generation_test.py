@@ -10,9 +10,9 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
+from debias_jax import builders
 from debias_jax import generation
 from debias_jax import parallel
-from debias_jax.models import unet
 from tests import test_util
 
 
@@ -33,7 +33,7 @@ class ConfigReadingTest(absltest.TestCase):
     self.assertEqual(generation.sampler_options(config, "ddpm"), {"clip_x0": False})
     self.assertEqual(generation.sampler_options(config, "unipc"), {"order": 3, "clip_x0": False})
     with mock.patch.object(generation.samplers, "get_sampler") as get_sampler:
-      generation.make_sampler(config, generation.training_schedule(config), "unipc", "7")
+      generation.make_sampler(config, builders.schedule(config), "unipc", "7")
     self.assertEqual(get_sampler.call_args.args[0::2], ("unipc", "7"))
     self.assertEqual(get_sampler.call_args.kwargs, {"target": "eps", "var_type": "learned_range",   # tiny's model
                                                     "order": 3, "clip_x0": False})
@@ -59,7 +59,7 @@ class StreamTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.config = test_util.config(test_util.SAMPLING, {"data.num_classes": 3, "sampling.steps": "2"})
-    cls.generator = generation.Generator(cls.config, unet.create_model(cls.config), parallel.create_mesh())
+    cls.generator = generation.Generator(cls.config, builders.create_model(cls.config), parallel.create_mesh())
     cls.params = test_util.random_params(cls.config)
 
   def test_the_first_n_samples_of_a_longer_run_are_a_run_of_n(self):

@@ -22,11 +22,11 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
+from debias_jax import builders
 from debias_jax import checkpointing
 from debias_jax import preemption
 from debias_jax import multihost
 from debias_jax import train_state
-from debias_jax.models import unet
 from tests import test_util
 
 TIMEOUT_S = 240
@@ -177,7 +177,7 @@ class MultiProcessTest(absltest.TestCase):
     single = self.single.result()
     self.assertEqual((int(single["process_count"]), int(single["devices"]), int(single["step"])), (1, 4, 4))
     config = test_util.config(**MODEL)
-    initial = train_state.create_train_state(config, unet.create_model(config), jax.random.key(0))
+    initial = train_state.create_train_state(config, builders.create_model(config), jax.random.key(0))
     test_util.assert_same_trajectory(self, params_of(self.pair[0].result()), params_of(single), initial.params)
     # Same params, per-example noise and timesteps, the same global batch split differently: the first step's
     # loss and gradient norm agree to float precision.
@@ -194,7 +194,7 @@ class MultiProcessTest(absltest.TestCase):
                      if d.startswith("ocdbt.process_"))
     self.assertEqual(writers, ["ocdbt.process_0", "ocdbt.process_1"])
     config = test_util.config(**MODEL)
-    template = train_state.create_train_state(config, unet.create_model(config), jax.random.key(1))
+    template = train_state.create_train_state(config, builders.create_model(config), jax.random.key(1))
     restored = checkpointer.restore(template, step=4)
     self.assertEqual(int(restored.step), 4)
     for a, b in zip(jax.tree.leaves(jax.device_get(restored.params)), params_of(self.pair[0].result()),

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from debias_jax import builders
 from debias_jax import checkpointing
 from debias_jax import train_state
 from debias_jax.models import unet
@@ -88,7 +89,7 @@ def tmpdir(test) -> str:
 def random_params(cfg, seed=0, scale=0.2):
   """Random params of the config's UNet without compiling its init (shapes only): every layer does something."""
   rng = np.random.default_rng(seed)
-  shapes = unet.param_shapes(unet.create_model(cfg))
+  shapes = unet.param_shapes(builders.create_model(cfg))
   return jax.tree.map(lambda s: (scale * rng.standard_normal(s.shape)).astype(np.float32), shapes)
 
 

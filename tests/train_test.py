@@ -13,23 +13,21 @@ from absl.testing import parameterized
 import jax
 import numpy as np
 
+from debias_jax import builders
 from debias_jax import checkpointing
 from debias_jax import config_checks
-from debias_jax import generation
 from debias_jax import train
 from debias_jax import train_state
 from debias_jax.data import pipeline
 from debias_jax.diffusion import losses
-from debias_jax.diffusion import weighting
-from debias_jax.models import unet
 from tests import test_util
 
 
 def fixed_batch_loss(config, params):
   """The loss on one fixed batch with fixed noise and timesteps: comparable across parameters."""
-  model = unet.create_model(config)
-  schedule = generation.training_schedule(config)
-  loss_fn = losses.make_loss_fn(schedule, weighting.loss_weights_from_config(schedule, config.loss),
+  model = builders.create_model(config)
+  schedule = builders.schedule(config)
+  loss_fn = losses.make_loss_fn(schedule, builders.loss_weights(config, schedule),
                                 config.loss.target, config.model.learn_sigma)
   batch = next(pipeline.create_eval_iterator(config.data, batch_size=256))
   predict = lambda x, t: model.apply({"params": params}, x, t, None)
@@ -47,7 +45,7 @@ class TrainLoopTest(parameterized.TestCase):
     cls.full = train.train_and_evaluate(cls.config, os.path.join(cls.tmp, "full"))
 
   def test_loss_falls(self):
-    initial = train_state.create_train_state(self.config, unet.create_model(self.config), jax.random.key(0))
+    initial = train_state.create_train_state(self.config, builders.create_model(self.config), jax.random.key(0))
     before = fixed_batch_loss(self.config, initial.params)
     after = fixed_batch_loss(self.config, self.full.params)
     self.assertLess(after, 0.7 * before)
@@ -73,13 +71,13 @@ class TrainLoopTest(parameterized.TestCase):
                                        os.path.join(self.tmp, "scan4"))
     self.assertEqual(int(scanned.step), 4)
     config = test_util.config(**short)
-    initial = train_state.create_train_state(config, unet.create_model(config), jax.random.key(0))
+    initial = train_state.create_train_state(config, builders.create_model(config), jax.random.key(0))
     test_util.assert_same_trajectory(self, scanned.params, single.params, initial.params)
 
   def test_ema_follows_its_definition(self):
     # After one step from params p0 with update to p1: ema = r p0 + (1 - r) p1.
     config = test_util.config(**{"train.num_steps": 1, "train.log_every": 1, "train.checkpoint_every": 1})
-    model = unet.create_model(config)
+    model = builders.create_model(config)
     state0 = train_state.create_train_state(config, model, jax.random.key(0))
     state1 = train.train_and_evaluate(config, os.path.join(self.tmp, "ema"))
     rate = config.ema_rates[0]
@@ -148,7 +146,7 @@ class MultiDeviceTest(absltest.TestCase):
     one, eight = results[1], results[8]
     self.assertGreater(len(one.files), 10)
     config = test_util.config(**test_util.ONE_LEVEL)
-    initial = train_state.create_train_state(config, unet.create_model(config), jax.random.key(0))
+    initial = train_state.create_train_state(config, builders.create_model(config), jax.random.key(0))
     as_list = lambda npz: [npz[f"arr_{i}"] for i in range(len(npz.files) - 3)]
     test_util.assert_same_trajectory(self, as_list(eight), as_list(one), initial.params)
     # The first step (same params, same per-example noise and t, gradients all-reduced) agrees to float precision.

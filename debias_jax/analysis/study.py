@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from debias_jax import builders
 from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import generation
@@ -64,7 +65,7 @@ def check_analysis_config(config, num_devices: int) -> None:
   if a.bucket_by not in bias.BUCKET_KINDS:
     raise config_checks.ConfigError(f"config.analysis.bucket_by={a.bucket_by!r} is not valid; choose one of: "
                                     f"{', '.join(bias.BUCKET_KINDS)}.")
-  schedule = generation.training_schedule(config)
+  schedule = builders.schedule(config)
   if a.num_buckets > schedule.num_steps:
     raise config_checks.ConfigError(f"config.analysis.num_buckets={a.num_buckets} exceeds the "
                                     f"{schedule.num_steps} timesteps.")
@@ -99,7 +100,7 @@ class _Study:
     self.config, self.restored = config, restored
     self.a = config.analysis
     self.mesh = restored.mesh
-    self.schedule = generation.training_schedule(config)
+    self.schedule = builders.schedule(config)
     self.target = config.loss.target
     self.learn_sigma = bool(config.model.learn_sigma)
     self.num_classes = int(config.data.get("num_classes", 0))

@@ -2,7 +2,6 @@
 
 from debias_jax.data.gmm import GaussianMixture
 from debias_jax.data.gmm import make_gmm
-from debias_jax.data.pipeline import check_data_config
 from debias_jax.data.pipeline import create_eval_iterator
 from debias_jax.data.pipeline import create_source
 from debias_jax.data.pipeline import create_train_iterator

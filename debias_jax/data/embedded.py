@@ -85,9 +85,9 @@ def photo_patch_arrays(image_size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def gmm_from_config(data_config) -> gmm_lib.GaussianMixture:
-  return _cached_gmm(int(data_config.get("image_size", 8)), int(data_config.get("channels", 3)),
-                     int(data_config.get("gmm_components", 8)), int(data_config.get("gmm_rank", 6)),
-                     float(data_config.get("gmm_noise_std", 0.05)), int(data_config.get("gmm_seed", 0)))
+  d = data_config
+  return _cached_gmm(int(d.image_size), int(d.channels), int(d.gmm_components), int(d.gmm_rank),
+                     float(d.gmm_noise_std), int(d.gmm_seed))
 
 
 @functools.lru_cache(maxsize=4)
@@ -95,20 +95,20 @@ def _cached_gmm(*args) -> gmm_lib.GaussianMixture:
   return gmm_lib.make_gmm(*args)
 
 
-def create_embedded_source(data_config, name: str, split: str, image_size: int) -> base.Source:
-  """Builds one of the embedded datasets (the config was validated by the pipeline)."""
-  if name == "digits":
-    images, labels = digits_arrays(image_size, data_config.get("digits_upsample", "bilinear"))
+def create_embedded_source(data_config) -> base.Source:
+  """Builds one of the embedded datasets (the config was validated by config_checks.validate_data)."""
+  d = data_config
+  if d.name == "digits":
+    images, labels = digits_arrays(int(d.image_size), d.digits_upsample)
     return base.ArraySource(images, labels, num_classes=10, label_names=[str(i) for i in range(10)])
-  if name == "photo_patches":
-    images, labels = photo_patch_arrays(image_size)
+  if d.name == "photo_patches":
+    images, labels = photo_patch_arrays(int(d.image_size))
     return base.ArraySource(images, labels, num_classes=len(PHOTO_NAMES), label_names=list(PHOTO_NAMES))
-  if name == "gmm":
-    mixture = gmm_from_config(data_config)
-    images, labels = _gmm_samples(mixture, split, int(data_config.get("gmm_num_train", 20_000)),
-                                  int(data_config.get("gmm_num_test", 10_000)), int(data_config.get("gmm_seed", 0)))
+  if d.name == "gmm":
+    mixture = gmm_from_config(d)
+    images, labels = _gmm_samples(mixture, d.split, int(d.gmm_num_train), int(d.gmm_num_test), int(d.gmm_seed))
     return base.ArraySource(images, labels, num_classes=mixture.num_components, extra_info={"gmm": mixture})
-  raise ValueError(f"Unknown embedded dataset {name!r}.")
+  raise ValueError(f"Unknown embedded dataset data.name={d.name!r}.")
 
 
 @functools.lru_cache(maxsize=4)

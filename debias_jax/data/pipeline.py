@@ -14,6 +14,7 @@ shuffle for free.
 from __future__ import annotations
 
 import collections
+import functools
 import queue
 import threading
 from typing import Any, Iterator
@@ -36,102 +37,46 @@ _EVAL_SEED = 0            # the evaluation order is the same for every run, what
 _PREFETCH_BATCHES = 2
 
 
-# ----- config -----
-
-def _fields(data_config) -> dict[str, Any]:
-  get = data_config.get
-  return {"source": get("source", "embedded"), "name": get("name", ""), "split": get("split", "train"),
-          "data_dir": get("data_dir", ""), "image_size": get("image_size", 16), "channels": get("channels", 1),
-          "num_classes": get("num_classes", 0), "random_flip": get("random_flip", False)}
-
-
-def _choices(values) -> str:
-  return ", ".join(str(v) for v in values)
-
-
-def check_data_config(data_config) -> None:
-  """Raises a ValueError naming the field (data.name, data.image_size, ...) and its valid values."""
-  f = _fields(data_config)
-  if f["source"] not in SOURCES:
-    raise ValueError(f"Unknown data.source={f['source']!r}; valid: {_choices(SOURCES)}.")
-  for field in ("image_size", "channels", "num_classes"):
-    if not isinstance(f[field], (int, np.integer)) or isinstance(f[field], bool) or f[field] < 0:
-      raise ValueError(f"data.{field} must be a non-negative integer, got {f[field]!r}.")
-  if f["image_size"] < 1 or f["channels"] < 1:
-    raise ValueError(f"data.image_size and data.channels must be positive, got {f['image_size']}, {f['channels']}.")
-  if f["source"] == "embedded":
-    spec = EMBEDDED_DATASETS.get(f["name"])
-    if spec is None:
-      raise ValueError(f"Unknown embedded dataset data.name={f['name']!r}; valid: {_choices(EMBEDDED_DATASETS)}.")
-    if spec["image_sizes"] is not None and f["image_size"] not in spec["image_sizes"]:
-      raise ValueError(f"data.image_size={f['image_size']} is not offered by {f['name']!r}; valid: "
-                       f"{_choices(spec['image_sizes'])}.")
-    if spec["image_sizes"] is None and f["image_size"] < 2:
-      raise ValueError(f"data.image_size={f['image_size']} is too small for {f['name']!r}; use 2 or more.")
-    if spec["channels"] is not None and f["channels"] not in spec["channels"]:
-      raise ValueError(f"data.channels={f['channels']} does not match {f['name']!r}; valid: "
-                       f"{_choices(spec['channels'])}.")
-    if f["split"] not in spec["splits"]:
-      raise ValueError(f"data.split={f['split']!r} is not a split of {f['name']!r}; valid: {_choices(spec['splits'])}.")
-    if f["name"] == "digits":
-      mode = data_config.get("digits_upsample", "bilinear")
-      if mode not in embedded.DIGITS_UPSAMPLE_MODES:
-        raise ValueError(f"Unknown data.digits_upsample={mode!r}; valid: {_choices(embedded.DIGITS_UPSAMPLE_MODES)}.")
-    if f["name"] == "gmm":
-      for field, minimum in (("gmm_components", 1), ("gmm_rank", 0), ("gmm_num_train", 1), ("gmm_num_test", 1)):
-        value = data_config.get(field, minimum)
-        if not isinstance(value, (int, np.integer)) or value < minimum:
-          raise ValueError(f"data.{field} must be an integer >= {minimum}, got {value!r}.")
-      rank, dim = data_config.get("gmm_rank", 6), f["image_size"] ** 2 * f["channels"]
-      if rank > dim:
-        raise ValueError(f"data.gmm_rank={rank} exceeds the image dimension {dim}.")
-      if not data_config.get("gmm_noise_std", 0.05) > 0:
-        raise ValueError(f"data.gmm_noise_std must be positive, got {data_config.get('gmm_noise_std')!r}.")
-  elif f["source"] == "tfds":
-    if not f["name"]:
-      raise ValueError("data.name is empty: set it to a TFDS dataset name, e.g. cifar10.")
-  elif f["channels"] not in (1, 3):
-    raise ValueError(f"data.channels={f['channels']} is not supported for image folders; valid: 1, 3.")
-
-
-_SOURCE_CACHE: collections.OrderedDict = collections.OrderedDict()
-
-
-_NOT_SOURCE_FIELDS = ("random_flip",)
-
-
-def _cache_key(data_config) -> tuple:
-  return tuple(sorted((k, repr(v)) for k, v in data_config.items() if k not in _NOT_SOURCE_FIELDS))
-
-
 def create_source(data_config) -> base.Source:
-  """The validated, cached source for a data config (the same object for equal configs)."""
-  check_data_config(data_config)
-  key = _cache_key(data_config)
-  if key in _SOURCE_CACHE:
-    _SOURCE_CACHE.move_to_end(key)
-    return _SOURCE_CACHE[key]
-  f = _fields(data_config)
-  if f["source"] == "embedded":
-    source = embedded.create_embedded_source(data_config, f["name"], f["split"], f["image_size"])
-  elif f["source"] == "folder":
+  """The source a data config describes (validated by config_checks.validate_data), built once per process for
+  equal configs: the embedded datasets and tfds readers are expensive to set up and read-only afterwards."""
+  return _cached_source(_Frozen(data_config))
+
+
+class _Frozen:
+  """A data config as a hashable value (everything but random_flip, which does not change the examples)."""
+
+  def __init__(self, data_config):
+    self.config = data_config
+    self.key = tuple(sorted((k, repr(v)) for k, v in data_config.items() if k != "random_flip"))
+
+  def __hash__(self):
+    return hash(self.key)
+
+  def __eq__(self, other):
+    return self.key == other.key
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_source(frozen: _Frozen) -> base.Source:
+  d = frozen.config
+  if d.source == "embedded":
+    source = embedded.create_embedded_source(d)
+  elif d.source == "folder":
     from debias_jax.data import folder  # pylint: disable=g-import-not-at-top
-    source = folder.FolderSource(f["data_dir"], f["image_size"], f["channels"], data_config.get("num_workers", None))
-  else:
+    source = folder.FolderSource(d.data_dir, d.image_size, d.channels, d.num_workers)
+  elif d.source == "tfds":
     from debias_jax.data import tfds_source  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-    source = tfds_source.TfdsSource(
-        f["name"], f["split"], f["data_dir"], f["image_size"], f["channels"],
-        access=data_config.get("tfds_access", "auto"), image_key=data_config.get("image_key", "image"),
-        label_key=data_config.get("label_key", "label"),
-        max_in_memory_gb=float(data_config.get("tfds_max_in_memory_gb", 8.0)),
-        prepare_missing=bool(data_config.get("tfds_prepare", False)))
-  if f["num_classes"] > 0 and f["num_classes"] != source.num_classes:
+    source = tfds_source.TfdsSource(d.name, d.split, d.data_dir, d.image_size, d.channels, access=d.tfds_access,
+                                    image_key=d.image_key, label_key=d.label_key,
+                                    max_in_memory_gb=float(d.tfds_max_in_memory_gb),
+                                    prepare_missing=bool(d.tfds_prepare))
+  else:
+    raise ValueError(f"Unknown data.source={d.source!r}; valid: {', '.join(SOURCES)}.")
+  if d.num_classes > 0 and d.num_classes != source.num_classes:
     what = f"{source.num_classes} classes" if source.num_classes else "no labels"
-    raise ValueError(f"data.num_classes={f['num_classes']}, but the dataset has {what}; set data.num_classes="
+    raise ValueError(f"data.num_classes={d.num_classes}, but the dataset has {what}; set data.num_classes="
                      f"{source.num_classes} (0 trains an unconditional model).")
-  _SOURCE_CACHE[key] = source
-  while len(_SOURCE_CACHE) > 4:
-    _SOURCE_CACHE.popitem(last=False)
   return source
 
 
@@ -147,18 +92,17 @@ def dataset_info(data_config) -> dict[str, Any]:
   """image_size, channels, image_shape, num_classes (of the dataset; 0 if unlabelled), num_examples, label_names,
   and source-specific entries ('gmm': the GaussianMixture for data.name='gmm')."""
   source = create_source(data_config)
-  f = _fields(data_config)
-  return {"source": f["source"], "name": f["name"], "split": f["split"], "image_size": source.image_shape[0],
+  d = data_config
+  return {"source": d.source, "name": d.name, "split": d.split, "image_size": source.image_shape[0],
           "channels": source.image_shape[2], "image_shape": source.image_shape, "num_classes": source.num_classes,
           "num_examples": source.num_examples, "label_names": source.label_names, **source.info()}
 
 
 def get_gmm(data_config) -> gmm_lib.GaussianMixture:
   """The exact mixture behind data.source='embedded', data.name='gmm' (same image_size, channels and gmm_* fields)."""
-  check_data_config(data_config)
-  f = _fields(data_config)
-  if f["source"] != "embedded" or f["name"] != "gmm":
-    raise ValueError(f"get_gmm needs data.source='embedded' and data.name='gmm', got {f['source']!r}, {f['name']!r}.")
+  d = data_config
+  if d.source != "embedded" or d.name != "gmm":
+    raise ValueError(f"get_gmm needs data.source='embedded' and data.name='gmm', got {d.source!r}, {d.name!r}.")
   return embedded.gmm_from_config(data_config)
 
 
@@ -229,7 +173,7 @@ def create_train_iterator(data_config, *, global_batch_size: int, seed: int, sta
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
   order = _EpochOrder(source.num_examples, seed)
-  random_flip = bool(data_config.get("random_flip", False))
+  random_flip = bool(data_config.random_flip)
 
   def batches():
     step = int(start_step)

@@ -55,11 +55,3 @@ def loss_weights(schedule: Schedule, weighting: str, target: str = "eps", *, p2_
   if normalize:
     weights = weights / weights.mean()
   return weights * eps_to_target_factor(target, snr)
-
-
-def loss_weights_from_config(schedule: Schedule, loss_config) -> np.ndarray:
-  """`loss_weights` with the options of a config's `loss` section."""
-  return loss_weights(
-      schedule, loss_config.weighting, loss_config.target, p2_k=loss_config.p2_k, p2_gamma=loss_config.p2_gamma,
-      min_snr_gamma=loss_config.min_snr_gamma, snr_clamp=loss_config.get("snr_clamp") or None,
-      normalize=loss_config.normalize_weights)

@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 
 from debias_jax import storage
+from debias_jax.configs import default as default_config
 from debias_jax.evaluation import features
 
 FLAGS = flags.FLAGS
@@ -40,12 +41,14 @@ def evaluate_files(reference_path: str, samples_path: str, *, feature_space: str
   """Metrics of the samples file against the reference file in the chosen feature space."""
   from debias_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
   samples = fid.load_samples_npz(samples_path)
-  data_config = {"source": "embedded", "name": dataset, "split": "train", "image_size": int(samples.shape[1]),
-                 "channels": int(samples.shape[3]), "num_classes": 0}
   if feature_space == "standin" and not dataset:
     raise ValueError("--feature_space=standin needs --dataset (digits or photo_patches).")
-  eval_config = {"feature_space": feature_space, "inception_weights": inception_weights, "cache_dir": cache_dir,
-                 "batch_size": batch_size}
+  config = default_config.get_config()
+  config.data.update(source="embedded", name=dataset, image_size=int(samples.shape[1]),
+                     channels=int(samples.shape[3]), num_classes=0)
+  config.eval.update(feature_space=feature_space, inception_weights=inception_weights, cache_dir=cache_dir,
+                     batch_size=batch_size)
+  eval_config, data_config = config.eval, config.data
   extractor = features.get_feature_extractor(eval_config, data_config)
   reference = features.reference_from_npz(extractor, reference_path, batch_size)
   return features.evaluate_samples(extractor, samples, reference, batch_size=batch_size)

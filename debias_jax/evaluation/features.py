@@ -116,25 +116,25 @@ def _concat(parts: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def resolve_feature_space(eval_config, data_config) -> str:
   """eval.feature_space with "auto" resolved: standin for digits/photo_patches, pixels for gmm, else inception."""
-  space = _get(eval_config, "feature_space", "auto")
+  space = eval_config.feature_space
   if space not in FEATURE_SPACES:
     raise ValueError(f"Unknown eval.feature_space={space!r}; valid: {', '.join(FEATURE_SPACES)}.")
   if space != "auto":
     return space
-  if _get(data_config, "source", "embedded") == "embedded":
-    return "standin" if _get(data_config, "name", "") in STANDIN_DATASETS else "pixels"
+  if data_config.source == "embedded":
+    return "standin" if data_config.name in STANDIN_DATASETS else "pixels"
   return "inception"
 
 
 def get_feature_extractor(eval_config, data_config) -> FeatureExtractor:
   """The feature extractor that eval_config asks for on data_config's images (see the module docstring)."""
   space = resolve_feature_space(eval_config, data_config)
-  batch_size = int(_get(eval_config, "batch_size", 256))
+  batch_size = int(eval_config.batch_size)
   if space == "pixels":
     return pixel_extractor(batch_size=batch_size)
   if space == "inception":
-    return inception_extractor(_get(eval_config, "inception_weights", ""), batch_size=batch_size)
-  return standin_extractor(data_config, cache_dir=_get(eval_config, "cache_dir", ""), batch_size=batch_size)
+    return inception_extractor(eval_config.inception_weights, batch_size=batch_size)
+  return standin_extractor(data_config, cache_dir=eval_config.cache_dir, batch_size=batch_size)
 
 
 def pixel_extractor(batch_size: int = 256) -> FeatureExtractor:
@@ -328,10 +328,10 @@ def standin_extractor(data_config, *, cache_dir: str = "", batch_size: int = 256
   images, labels, num_classes = load_dataset_arrays(data_config, max_examples=recipe.max_examples)
   if num_classes < 2:
     raise ValueError(f"eval.feature_space='standin' needs a labelled dataset with >= 2 classes; "
-                     f"{_get(data_config, 'name', '')!r} has {num_classes}. Use eval.feature_space='pixels' (any "
+                     f"{data_config.name!r} has {num_classes}. Use eval.feature_space='pixels' (any "
                      "dataset) or 'inception' (with eval.inception_weights).")
   fingerprint = _array_digest(images, labels, json.dumps(dataclasses.asdict(recipe), sort_keys=True))
-  name = _get(data_config, "name", "data")
+  name = data_config.name or "data"
   path = resolve_cache_dir(cache_dir) / (f"standin_{name}_{images.shape[1]}px_{images.shape[3]}ch_"
                                          f"v{STANDIN_VERSION}_{fingerprint[:16]}.npz")
   model = None
@@ -414,7 +414,7 @@ def reference_statistics(extractor: FeatureExtractor, data_config, num_examples:
   spatial = spatial_accumulator.result() if spatial_accumulator else None
   features = np.concatenate(kept).astype(np.float32)
   fid_lib.save_reference_batch(path, stats=stats, spatial_stats=spatial, features=features,
-                               metadata={"feature_key": extractor.key, "dataset": _get(data_config, "name", "")})
+                               metadata={"feature_key": extractor.key, "dataset": data_config.name})
   return fid_lib.ReferenceBatch(stats=stats, spatial_stats=spatial, features=features,
                                 metadata={"feature_key": extractor.key})
 
@@ -509,25 +509,15 @@ def evaluate_samples(extractor: FeatureExtractor, samples, reference: fid_lib.Re
 def reference_from_config(extractor: FeatureExtractor, eval_config, data_config) -> fid_lib.ReferenceBatch:
   """eval.reference_npz if set (e.g. an ADM reference batch), else the data's statistics over eval.num_reference
   examples (0: the whole split), cached in eval.cache_dir."""
-  reference_npz = _get(eval_config, "reference_npz", "")
+  reference_npz = eval_config.reference_npz
   if reference_npz:
-    return reference_from_npz(extractor, storage.absolute(reference_npz), _get(eval_config, "batch_size", None))
-  num_reference = int(_get(eval_config, "num_reference", 0)) or None
-  return reference_statistics(extractor, data_config, num_reference, cache_dir=_get(eval_config, "cache_dir", ""))
+    return reference_from_npz(extractor, storage.absolute(reference_npz), int(eval_config.batch_size))
+  num_reference = int(eval_config.num_reference) or None
+  return reference_statistics(extractor, data_config, num_reference, cache_dir=eval_config.cache_dir)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers.
-
-
-def _get(config, name: str, default):
-  if config is None:
-    return default
-  if isinstance(config, Mapping) or hasattr(config, "get"):
-    value = config.get(name, default)
-  else:
-    value = getattr(config, name, default)
-  return default if value is None else value
 
 
 def _string_digest(text: str) -> str:

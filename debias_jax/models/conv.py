@@ -1,6 +1,6 @@
 """The UNet's convolution primitive: XLA's, except where XLA:CPU's gradients are slow.
 
-`unet.create_model` passes `conv_general_dilated` below to every layer (the UNet takes its convolution as an
+`builders.create_model` passes `conv_general_dilated` below to every layer (the UNet takes its convolution as an
 argument; `lax.conv_general_dilated` gives XLA's own everywhere). Two substitutions, both equal up to float
 rounding (only the order of the sums changes):
 
@@ -113,7 +113,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
   """`lax.conv_general_dilated` with `conv3x3` or `pointwise` substituted where they apply.
 
-  The UNet takes its convolution as an argument (`unet.UNet.conv`); `unet.create_model` passes this one, and
+  The UNet takes its convolution as an argument (`unet.UNet.conv`); `builders.create_model` passes this one, and
   anything that wants XLA's own convolutions everywhere (counting FLOPs, say) passes `lax.conv_general_dilated`.
   """
   args = (lhs.shape, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,

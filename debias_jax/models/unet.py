@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from debias_jax.models import conv as conv_lib
 
 # ADM's channel multipliers by image size (guided-diffusion script_util.create_model); 16 and 8 are ours.
 DEFAULT_CHANNEL_MULT = {
@@ -36,7 +35,7 @@ DEFAULT_CHANNEL_MULT = {
 NUM_GROUPS = 32
 # The convolution primitive every nn.Conv of the UNet calls (the signature of lax.conv_general_dilated).
 ConvFn = Callable[..., Any]
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -271,36 +270,6 @@ def unet_layout(image_size: int, in_channels: int, model_channels: int, channel_
   return Layout(tuple(inputs), middle, tuple(outputs), ch)
 
 
-def validate(image_size: int, channel_mult: Sequence[float], attention_resolutions: Sequence[int],
-             model_channels: int, num_heads: int, num_head_channels: int):
-  """Raise a ValueError naming the config field when the architecture cannot be built."""
-  levels = len(channel_mult)
-  if image_size <= 0 or image_size % (2 ** (levels - 1)):
-    raise ValueError(f"data.image_size={image_size} is not divisible by 2**(len(model.channel_mult)-1)="
-                     f"{2 ** (levels - 1)} (model.channel_mult={tuple(channel_mult)}); use fewer levels or "
-                     f"another image size.")
-  resolutions = [image_size // 2 ** level for level in range(levels)]
-  bad = [r for r in attention_resolutions if int(r) not in resolutions]
-  if bad:
-    raise ValueError(f"model.attention_resolutions={tuple(attention_resolutions)} contains {bad}, which never "
-                     f"occurs in this UNet; the resolutions (in pixels) are {resolutions}.")
-  widths = [int(m * model_channels) for m in channel_mult]
-  for width in sorted(set(widths)):
-    if width % NUM_GROUPS:
-      raise ValueError(f"model.model_channels={model_channels} with model.channel_mult={tuple(channel_mult)} gives "
-                       f"{width} channels, not a multiple of the {NUM_GROUPS} GroupNorm groups.")
-  # Attention runs at the listed resolutions and always in the middle block (the last level's width).
-  attention_widths = {w for w, r in zip(widths, resolutions) if r in set(map(int, attention_resolutions))}
-  for width in sorted(attention_widths | {widths[-1]}):
-    if num_head_channels > 0:
-      if width % num_head_channels:
-        raise ValueError(f"model.num_head_channels={num_head_channels} does not divide the {width} channels of an "
-                         f"attention layer.")
-    elif num_heads <= 0 or width % num_heads:
-      raise ValueError(f"model.num_heads={num_heads} does not divide the {width} channels of an attention layer "
-                       f"(or set model.num_head_channels > 0).")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The network.
 
@@ -310,7 +279,7 @@ class UNet(nn.Module):
   attention_resolutions are in pixels (16 = attention on the 16x16 feature maps). dtype is the compute dtype of
   the torso (the timestep MLP, GroupNorm statistics, softmax and output head stay float32); params are always
   float32 and so is the output. conv is the convolution primitive of every layer: XLA's own by default;
-  `create_model` passes `conv.conv_general_dilated`, the same maths with faster gradients on XLA:CPU.
+  `builders.create_model` passes `conv.conv_general_dilated`, the same maths with faster gradients on XLA:CPU.
   """
   image_size: int
   in_channels: int
@@ -339,8 +308,6 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, t, y=None, *, train: bool = False):
-    validate(self.image_size, self.channel_mult, self.attention_resolutions, self.model_channels,
-             self.num_heads, self.num_head_channels)
     if x.ndim != 4 or x.shape[1:] != (self.image_size, self.image_size, self.in_channels):
       raise ValueError(f"UNet expects NHWC input of shape (B, {self.image_size}, {self.image_size}, "
                        f"{self.in_channels}), got {x.shape}.")
@@ -394,47 +361,6 @@ class UNet(nn.Module):
     return _conv(self.out_channels, layout.out_channels_last, jnp.float32, "out_2", zero=True, conv_fn=self.conv)(h)
 
 
-def _get(cfg, name, default):
-  return cfg[name] if name in cfg else default
-
-
-def create_model(config, conv_fn: ConvFn = conv_lib.conv_general_dilated) -> UNet:
-  """The UNet described by config.model and config.data (image_size, channels, num_classes).
-
-  conv_fn is the convolution of every layer: by default `conv.conv_general_dilated`, which keeps XLA's
-  convolutions except where XLA:CPU's gradients are slow (it decides per platform when the program is lowered);
-  `jax.lax.conv_general_dilated` gives XLA's own everywhere (same params, same maths up to float rounding).
-  """
-  m, d = config.model, config.data
-  image_size = int(d.image_size)
-  channel_mult = resolve_channel_mult(tuple(m.channel_mult), image_size)
-  attention = tuple(int(r) for r in m.attention_resolutions)
-  validate(image_size, channel_mult, attention, int(m.model_channels), int(m.num_heads), int(m.num_head_channels))
-  dtype_name = str(m.dtype)
-  if dtype_name not in _DTYPES:
-    raise ValueError(f"model.dtype={dtype_name!r} is not one of {sorted(_DTYPES)}.")
-  channels = int(d.channels)
-  return UNet(
-      image_size=image_size,
-      in_channels=channels,
-      model_channels=int(m.model_channels),
-      out_channels=2 * channels if m.learn_sigma else channels,
-      num_res_blocks=int(m.num_res_blocks),
-      attention_resolutions=attention,
-      channel_mult=channel_mult,
-      dropout=float(m.dropout),
-      num_classes=int(_get(d, "num_classes", 0)),
-      num_heads=int(m.num_heads),
-      num_head_channels=int(m.num_head_channels),
-      use_scale_shift_norm=bool(m.use_scale_shift_norm),
-      resblock_updown=bool(m.resblock_updown),
-      use_new_attention_order=bool(_get(m, "use_new_attention_order", False)),
-      dtype=_DTYPES[dtype_name],
-      remat=bool(_get(m, "remat", False)),
-      conv=conv_fn,
-  )
-
-
 def _dummy_inputs(model: UNet, batch: int = 1):
   x = jnp.zeros((batch, model.image_size, model.image_size, model.in_channels), jnp.float32)
   t = jnp.zeros((batch,), jnp.float32)
@@ -454,7 +380,6 @@ def param_shapes(model: UNet):
   return jax.eval_shape(model.init, jax.random.key(0), x, t, y)["params"]
 
 
-def param_count(config_or_model) -> int:
-  """Number of parameters of the UNet of a config (or of a UNet), from shapes only."""
-  model = config_or_model if isinstance(config_or_model, UNet) else create_model(config_or_model)
+def param_count(model: UNet) -> int:
+  """Number of parameters of a UNet, from shapes only."""
   return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(param_shapes(model))))

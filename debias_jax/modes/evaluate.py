@@ -23,6 +23,7 @@ from etils import epath
 import jax
 import ml_collections
 
+from debias_jax import builders
 from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import generation
@@ -33,7 +34,6 @@ from debias_jax import pixels
 from debias_jax import storage
 from debias_jax import summaries
 from debias_jax.evaluation import features
-from debias_jax.models import unet
 
 RESULTS_FILE = "results.jsonl"
 # The fields that identify a result: a rerun skips a combination whose key is already in the results file.
@@ -63,7 +63,7 @@ def _build_each(pairs, build: Callable) -> None:
 def check_sampler_steps(config) -> list[tuple[str, str]]:
   """sampler_pairs, each checked to build (a config's check without a model; eval itself builds each once)."""
   pairs = sampler_pairs(config)
-  schedule = generation.training_schedule(config)
+  schedule = builders.schedule(config)
   _build_each(pairs, lambda name, steps: generation.make_sampler(config, schedule, name, steps))
   return pairs
 
@@ -150,7 +150,7 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir: str) -> lis
   returns the records of all requested combinations, old and new, in order."""
   config_checks.validate(config)
   pairs = sampler_pairs(config)
-  generator = generation.Generator(config, unet.create_model(config), parallel.create_mesh())
+  generator = generation.Generator(config, builders.create_model(config), parallel.create_mesh())
   _build_each(pairs, generator.program)   # each sampler built once, before anything is restored or drawn
   out_dir = epath.Path(workdir) / "eval"
   path = out_dir / RESULTS_FILE

@@ -151,7 +151,7 @@ class MultiDeviceTest(absltest.TestCase):
         "import jax, jax.numpy as jnp, numpy as np\n"
         "from jax.sharding import Mesh, NamedSharding, PartitionSpec as P\n"
         "from debias_jax.models import conv\n"
-        "from tests.conv_test import inputs\n"
+        "from tests.models_conv_test import inputs\n"
         "assert len(jax.devices()) == 8\n"
         "x, w, dy = inputs((8, 16, 16, 96), 32)\n"
         "f = jax.jit(jax.grad(lambda w, x, dy: jnp.vdot(conv.conv3x3(x, w), dy)))\n"

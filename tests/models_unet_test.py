@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from debias_jax import builders
+from debias_jax import config_checks
 from debias_jax.models import conv
 from debias_jax.models import unet
 from tests import test_util
@@ -77,14 +79,14 @@ class ParamCountTest(parameterized.TestCase):
   # built with the same options.
   def test_paper_256px_lightweight_adm(self):
     config = _paper_config(256, (1, 1, 2, 2, 4, 4), 0)
-    self.assertEqual(unet.param_count(config), 93_563_910)
+    self.assertEqual(unet.param_count(builders.create_model(config)), 93_563_910)
 
   def test_paper_256px_default_channel_mult(self):
-    self.assertEqual(unet.param_count(_paper_config(256, (), 0)), 93_563_910)
+    self.assertEqual(unet.param_count(builders.create_model(_paper_config(256, (), 0))), 93_563_910)
 
   def test_cifar10_32px_class_conditional(self):
     config = _paper_config(32, (1, 2, 2, 2), 10)
-    self.assertEqual(unet.param_count(config), 30_473_990)
+    self.assertEqual(unet.param_count(builders.create_model(config)), 30_473_990)
 
   @parameterized.named_parameters(
       # 32 px, model_channels 64, attention at 16 and 8, 32 channels per head, 10 classes.
@@ -99,7 +101,7 @@ class ParamCountTest(parameterized.TestCase):
   def test_small_variants(self, overrides, num_classes, expected):
     overrides = dict(overrides)
     config = _paper_config(32, overrides.pop("channel_mult", (1, 2, 2, 2)), num_classes, **overrides)
-    self.assertEqual(unet.param_count(config), expected)
+    self.assertEqual(unet.param_count(builders.create_model(config)), expected)
 
 
 class UNetTest(parameterized.TestCase):
@@ -114,7 +116,7 @@ class UNetTest(parameterized.TestCase):
 
   def test_init_output_is_exactly_zero_and_params_float32(self):
     # ADM zero-initialises the output convolution. (An rbg key: threefry init compiles slowly on CPU.)
-    model = unet.create_model(_micro())
+    model = builders.create_model(_micro())
     params = unet.init_params(model, jax.random.key(0, impl="rbg"))
     for leaf in jax.tree.leaves(params):
       self.assertEqual(leaf.dtype, jnp.float32)
@@ -131,7 +133,7 @@ class UNetTest(parameterized.TestCase):
       ("fixed_sigma_unconditional_one_level", _micro, False, 0),
   )
   def test_output_shape(self, make_config, learn_sigma, num_classes):
-    model = unet.create_model(make_config(learn_sigma=learn_sigma, data_num_classes=num_classes))
+    model = builders.create_model(make_config(learn_sigma=learn_sigma, data_num_classes=num_classes))
     params = _random_params(model)
     x, t, y = _inputs(model)
     out = _jit_apply(model)({"params": params}, x, t, y)
@@ -143,14 +145,14 @@ class UNetTest(parameterized.TestCase):
       self.assertGreater(float(jnp.abs(out2 - out).max()), 1e-3)
 
   def test_labels_required_iff_class_conditional(self):
-    model = unet.create_model(_micro(data_num_classes=5))
+    model = builders.create_model(_micro(data_num_classes=5))
     x, t, _ = _inputs(model)
     with self.assertRaisesRegex(ValueError, "class-conditional"):
       jax.eval_shape(model.init, jax.random.key(0), x, t)
 
   def test_bfloat16_compute_float32_params_and_output(self):
-    f32 = unet.create_model(_micro())
-    bf16 = unet.create_model(_micro(dtype="bfloat16"))
+    f32 = builders.create_model(_micro())
+    bf16 = builders.create_model(_micro(dtype="bfloat16"))
     self.assertEqual(bf16.dtype, jnp.bfloat16)
     shapes = unet.param_shapes(bf16)
     self.assertEqual({leaf.dtype for leaf in jax.tree.leaves(shapes)}, {jnp.dtype(jnp.float32)})
@@ -165,8 +167,8 @@ class UNetTest(parameterized.TestCase):
 
   def test_attention_orders_agree_after_permuting_qkv(self):
     # Legacy order packs qkv channels as (head, q|k|v, ch), the new order as (q|k|v, head, ch).
-    legacy = unet.create_model(_micro(num_heads=2))
-    new = unet.create_model(_micro(num_heads=2, use_new_attention_order=True))
+    legacy = builders.create_model(_micro(num_heads=2))
+    new = builders.create_model(_micro(num_heads=2, use_new_attention_order=True))
     params = _random_params(legacy)
     x, t, _ = _inputs(legacy)
     heads, ch = 2, 16
@@ -185,8 +187,8 @@ class UNetTest(parameterized.TestCase):
     self.assertGreater(float(jnp.abs(out_new_same - out_legacy).max()), 1e-3)
 
   def test_remat_same_params_and_outputs_and_checkpoints_the_gradient(self):
-    plain = unet.create_model(_micro(dropout=0.1))
-    remat = unet.create_model(_micro(dropout=0.1, remat=True))
+    plain = builders.create_model(_micro(dropout=0.1))
+    remat = builders.create_model(_micro(dropout=0.1, remat=True))
     self.assertEqual(jax.tree.structure(unet.param_shapes(plain)), jax.tree.structure(unet.param_shapes(remat)))
     params = _random_params(plain)
     x, t, _ = _inputs(plain)
@@ -207,7 +209,7 @@ class UNetTest(parameterized.TestCase):
     # own convolutions has the same params and computes the same function and gradients up to float rounding.
     # 16x16 with 64 channels reaches the GEMM weight gradient; the channel change reaches the 1x1 skip.
     config = _tiny(data_image_size=16, model_channels=64, channel_mult=(1, 2), attention_resolutions=(8,))
-    ours = unet.create_model(config)
+    ours = builders.create_model(config)
     plain = ours.clone(conv=jax.lax.conv_general_dilated)
     self.assertIs(ours.conv, conv.conv_general_dilated)
     self.assertEqual(jax.tree.structure(unet.param_shapes(ours)), jax.tree.structure(unet.param_shapes(plain)))
@@ -227,12 +229,12 @@ class UNetTest(parameterized.TestCase):
     self.assertLess(convolutions(ours), convolutions(plain))   # the 1x1 skip is a dot
 
   def test_dropout_uses_dropout_rng_only_in_training(self):
-    model = unet.create_model(_micro(dropout=0.5))
+    model = builders.create_model(_micro(dropout=0.5))
     params = _random_params(model)
     x, t, _ = _inputs(model)
     apply = _jit_apply(model)
     eval_out = apply({"params": params}, x, t, train=False)
-    no_dropout = _jit_apply(unet.create_model(_micro()))({"params": params}, x, t)
+    no_dropout = _jit_apply(builders.create_model(_micro()))({"params": params}, x, t)
     np.testing.assert_allclose(eval_out, no_dropout, atol=1e-6)
     a = apply({"params": params}, x, t, train=True, rngs={"dropout": jax.random.key(1)})
     b = apply({"params": params}, x, t, train=True, rngs={"dropout": jax.random.key(2)})
@@ -241,9 +243,9 @@ class UNetTest(parameterized.TestCase):
     self.assertGreater(float(jnp.abs(a - b).max()), 1e-3)
 
   def test_default_channel_mult(self):
-    self.assertEqual(unet.create_model(_config(data_image_size=64)).channel_mult, (1, 2, 3, 4))
-    self.assertEqual(unet.create_model(_config(data_image_size=16)).channel_mult, (1, 2, 2))
-    self.assertEqual(unet.create_model(_config(data_image_size=8, attention_resolutions=(4,))).channel_mult,
+    self.assertEqual(builders.create_model(_config(data_image_size=64)).channel_mult, (1, 2, 3, 4))
+    self.assertEqual(builders.create_model(_config(data_image_size=16)).channel_mult, (1, 2, 2))
+    self.assertEqual(builders.create_model(_config(data_image_size=8, attention_resolutions=(4,))).channel_mult,
                      (1, 2))
 
   @parameterized.named_parameters(
@@ -257,11 +259,11 @@ class UNetTest(parameterized.TestCase):
       ("dtype", dict(dtype="float64"), "model.dtype"),
   )
   def test_invalid_config_names_the_field(self, overrides, field):
-    with self.assertRaisesRegex(ValueError, field.replace(".", r"\.")):
-      unet.create_model(_config(**overrides))
+    with self.assertRaisesRegex(config_checks.ConfigError, field.replace(".", r"\.")):
+      config_checks.validate_model(_config(**overrides))
 
   def test_wrong_input_shape(self):
-    model = unet.create_model(_tiny())
+    model = builders.create_model(_tiny())
     with self.assertRaisesRegex(ValueError, r"\(B, 8, 8, 3\)"):
       jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1,)))
 

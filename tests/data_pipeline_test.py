@@ -7,6 +7,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 from sklearn import datasets as sk_datasets
 
+from debias_jax import config_checks
 from debias_jax import data
 from debias_jax.data import embedded
 from debias_jax.data import pipeline
@@ -107,8 +108,13 @@ class EmbeddedDatasetsTest(parameterized.TestCase):
 def make_fresh_gmm_source(config):
   embedded._gmm_samples.cache_clear()     # pylint: disable=protected-access
   embedded._cached_gmm.cache_clear()      # pylint: disable=protected-access
-  pipeline._SOURCE_CACHE.clear()          # pylint: disable=protected-access
+  pipeline._cached_source.cache_clear()   # pylint: disable=protected-access
   return pipeline.create_source(config)
+
+
+def _validated_info(data_config):
+  config_checks.validate_data(data_config)
+  return data.dataset_info(data_config)
 
 
 class ConfigValidationTest(parameterized.TestCase):
@@ -130,14 +136,16 @@ class ConfigValidationTest(parameterized.TestCase):
       (dict(source="tfds", name=""), "data.name"),
   )
   def test_bad_config_names_the_field(self, overrides, field):
+    """Checked by config_checks.validate_data before any data is read, or, for what only the dataset can tell
+    (its classes, an existing folder), when the source is opened."""
     with self.assertRaisesRegex(ValueError, field):
-      data.dataset_info(test_util.section("data", **overrides))
+      _validated_info(test_util.section("data", **overrides))
 
   def test_valid_choices_are_listed(self):
     with self.assertRaisesRegex(ValueError, r"valid: 8, 16"):
-      data.dataset_info(test_util.section("data", image_size=32))
+      _validated_info(test_util.section("data", image_size=32))
     with self.assertRaisesRegex(ValueError, r"digits, photo_patches, gmm"):
-      data.dataset_info(test_util.section("data", name="mnist"))
+      _validated_info(test_util.section("data", name="mnist"))
 
   def test_batch_size_must_split_over_processes(self):
     with self.assertRaisesRegex(ValueError, "divisible"):

@@ -74,7 +74,7 @@ class TfdsSourceTest(parameterized.TestCase):
     super().tearDownClass()
 
   def tearDown(self):
-    pipeline._SOURCE_CACHE.clear()   # pylint: disable=protected-access
+    pipeline._cached_source.cache_clear()   # pylint: disable=protected-access
     super().tearDown()
 
   @parameterized.parameters(("tfrecord", "in_memory"), ("array_record", "random_access"))
@@ -182,7 +182,7 @@ class TfdsFailuresTest(absltest.TestCase):
     builder.info.write_to_directory(builder.data_dir)
     with tfds.testing.mock_data(num_examples=20, data_dir=metadata_dir, policy=tfds.testing.MockPolicy.USE_FILES):
       for access in ("in_memory", "random_access"):
-        pipeline._SOURCE_CACHE.clear()   # pylint: disable=protected-access
+        pipeline._cached_source.cache_clear()   # pylint: disable=protected-access
         config = tfds_config(metadata_dir, name="mnist", channels=1, image_size=28, num_classes=10,
                              tfds_access=access, random_flip=True)
         self.assertEqual(data.dataset_info(config)["num_examples"], 20)
@@ -192,7 +192,7 @@ class TfdsFailuresTest(absltest.TestCase):
         self.assertEqual(batch["image"].dtype, np.float32)
         self.assertTrue(-1.0 <= batch["image"].min() < batch["image"].max() <= 1.0)
         self.assertTrue(np.all((batch["label"] >= 0) & (batch["label"] < 10)))
-    pipeline._SOURCE_CACHE.clear()   # pylint: disable=protected-access
+    pipeline._cached_source.cache_clear()   # pylint: disable=protected-access
 
   def test_tensorflow_sees_no_gpu(self):
     self.assertEqual(tf.config.get_visible_devices("GPU"), [])
@@ -236,7 +236,7 @@ class DefaultDataDirTest(absltest.TestCase):
     self.addCleanup(shutil.rmtree, self.tmp)
     self.data_dir = os.path.join(self.tmp, "tensorflow_datasets")
     self.enter_context(mock.patch.dict(os.environ, {"TFDS_DATA_DIR": self.data_dir}))
-    self.addCleanup(pipeline._SOURCE_CACHE.clear)   # pylint: disable=protected-access
+    self.addCleanup(pipeline._cached_source.cache_clear)   # pylint: disable=protected-access
 
   def train(self, config):
     workdir = os.path.join(self.tmp, "run")
@@ -281,13 +281,13 @@ import jax
 process, port, tmp = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 jax.distributed.initialize(coordinator_address="127.0.0.1:" + port, num_processes=2, process_id=process)
 from debias_jax.data import tfds_source
-from tests import data_tfds_test
-tfds = data_tfds_test.tfds
+from tests import data_tfds_source_test
+tfds = data_tfds_source_test.tfds
 result = {}
 for case, data_dir in (("shared", "shared"), ("own", f"own{process}"), ("again", "shared"),
                        ("fails_on_0", "file" if process == 0 else "fresh1")):
   try:
-    result[case] = tfds_source.prepare(tfds, data_tfds_test.NAME, os.path.join(tmp, data_dir))
+    result[case] = tfds_source.prepare(tfds, data_tfds_source_test.NAME, os.path.join(tmp, data_dir))
   except RuntimeError as e:
     result[case] = str(e).splitlines()[0]
 print("RESULT " + json.dumps(result))
