@@ -13,6 +13,7 @@ from debias_jax.data import embedded
 from debias_jax.data import pipeline
 from debias_jax.diffusion import samplers
 from debias_jax.diffusion import schedules
+from debias_jax.diffusion import t_sampling
 from debias_jax.diffusion import targets
 from debias_jax.diffusion import weighting
 from debias_jax.models import unet
@@ -121,6 +122,7 @@ def validate(config, num_devices: int | None = None) -> None:
   loss = config.loss
   _choice(loss.target, targets.TARGETS, "loss.target")
   _choice(loss.weighting, weighting.WEIGHTINGS, "loss.weighting")
+  _choice(loss.t_sampling, t_sampling.T_SAMPLINGS, "loss.t_sampling")
   _require(loss.snr_clamp >= 0, f"config.loss.snr_clamp must be >= 0 (0 = off), got {loss.snr_clamp}.")
   _require(loss.p2_k >= 0 and loss.p2_gamma >= 0 and loss.min_snr_gamma > 0,
            "config.loss.p2_k and p2_gamma must be >= 0 and config.loss.min_snr_gamma > 0.")
