@@ -15,7 +15,7 @@ from PIL import Image
 from debias_jax import config_checks
 from debias_jax.analysis import bias
 from debias_jax.analysis import color
-from debias_jax.analysis import gmm as gmm_analysis
+from debias_jax.analysis import exact_denoiser
 from debias_jax.analysis import study
 from debias_jax.data import gmm as gmm_lib
 from debias_jax.data import pipeline
@@ -31,9 +31,14 @@ def mixture(num_components=4, seed=1):
   return gmm_lib.make_gmm(image_size=4, channels=3, num_components=num_components, rank=3, seed=seed)
 
 
+# x0_error_terms jitted with the closures and tables static, as suits the analytic model functions of these tests.
+x0_error_by_bucket = jax.jit(bias.x0_error_terms, static_argnames=("model_fn", "schedule", "target", "buckets",
+                                                                   "learn_sigma", "reference_fn"))
+
+
 def errors(mix, x0, model_fn, buckets=BUCKETS, key=0):
-  sums = bias.x0_error_by_bucket(model_fn, SCHEDULE, "eps", x0, jax.random.key(key), buckets,
-                                 reference_fn=gmm_analysis.posterior_mean_fn(mix, SCHEDULE))
+  sums = x0_error_by_bucket(model_fn, SCHEDULE, "eps", x0, jax.random.key(key), buckets,
+                            reference_fn=exact_denoiser.posterior_mean_fn(mix, SCHEDULE))
   return bias.finalize_sums(sums)
 
 
@@ -70,7 +75,7 @@ class ExactDenoiserTest(absltest.TestCase):
     super().setUpClass()
     cls.mix = mixture()
     cls.x0, _ = cls.mix.sample(0, 512)
-    cls.exact = errors(cls.mix, cls.x0, gmm_analysis.exact_model_fn(cls.mix, SCHEDULE, "eps"))
+    cls.exact = errors(cls.mix, cls.x0, exact_denoiser.exact_model_fn(cls.mix, SCHEDULE, "eps"))
 
   def test_the_exact_denoiser_has_no_bias(self):
     exact = self.exact
@@ -90,7 +95,7 @@ class ExactDenoiserTest(absltest.TestCase):
 
   def test_a_shifted_denoiser_reports_its_shift(self):
     delta = np.array([0.1, -0.05, 0.0], np.float32)
-    shifted = errors(self.mix, self.x0, gmm_analysis.exact_model_fn(self.mix, SCHEDULE, "eps", x0_shift=delta))
+    shifted = errors(self.mix, self.x0, exact_denoiser.exact_model_fn(self.mix, SCHEDULE, "eps", x0_shift=delta))
     for name in ("bias_signed",):
       np.testing.assert_allclose(shifted[name], np.broadcast_to(delta, shifted[name].shape), atol=2e-4)
     np.testing.assert_allclose(shifted["bias_mse"], np.mean(delta ** 2), rtol=2e-3)
@@ -106,7 +111,7 @@ class ExactDenoiserTest(absltest.TestCase):
     x_T = jax.random.normal(jax.random.key(3), (256,) + self.mix.shape)
     delta = np.array([0.0, 0.2, -0.1], np.float32)
     for shift in (None, delta):
-      model_fn = gmm_analysis.exact_model_fn(self.mix, SCHEDULE, "eps", x0_shift=shift)
+      model_fn = exact_denoiser.exact_model_fn(self.mix, SCHEDULE, "eps", x0_shift=shift)
       x0_hat = np.asarray(jax.jit(lambda x: bias.first_step_prediction(model_fn, SCHEDULE, "eps", x))(x_T))
       reference = np.asarray(self.mix.posterior_mean(x_T, SCHEDULE.alphas_cumprod[-1]))
       stats = bias.mean_prediction_stats(x0_hat, self.mix.mean, reference)
@@ -123,7 +128,7 @@ class SingleGaussianTest(absltest.TestCase):
     mix = mixture(num_components=1)
     x0, _ = mix.sample(0, 4096)
     buckets = ((100, 100), (400, 400), (700, 700), (950, 950))
-    means = errors(mix, x0, gmm_analysis.exact_model_fn(mix, SCHEDULE, "eps"), buckets)
+    means = errors(mix, x0, exact_denoiser.exact_model_fn(mix, SCHEDULE, "eps"), buckets)
     eigenvalues = np.linalg.eigvalsh(mix.component_covariance(0))
     for i, (t, _) in enumerate(buckets):
       a = SCHEDULE.alphas_cumprod[t]
@@ -163,14 +168,14 @@ class SampleQualityTest(absltest.TestCase):
 
   def test_mmd_known_answer(self):
     x = np.array([[0.0], [1.0]])
-    self.assertAlmostEqual(gmm_analysis.mmd_squared(x, x, 1.0), np.exp(-0.5) - 1.0)
+    self.assertAlmostEqual(exact_denoiser.mmd_squared(x, x, 1.0), np.exp(-0.5) - 1.0)
 
   def test_true_samples_score_as_true_and_shifted_samples_do_not(self):
     mix = mixture()
     reference, _ = mix.sample(0, 600)
     fresh, _ = mix.sample(1, 300)
-    good = gmm_analysis.sample_quality(mix, fresh, reference)
-    bad = gmm_analysis.sample_quality(mix, fresh + np.array([0.2, 0.0, 0.0], np.float32), reference)
+    good = exact_denoiser.sample_quality(mix, fresh, reference)
+    bad = exact_denoiser.sample_quality(mix, fresh + np.array([0.2, 0.0, 0.0], np.float32), reference)
     self.assertLess(abs(good["log_likelihood_gap"]), 0.02)
     self.assertLess(abs(good["mmd"]), 0.005)
     self.assertGreater(bad["log_likelihood_gap"], 0.2)
@@ -242,9 +247,10 @@ class AnalyzeModeTest(absltest.TestCase):
 
   def test_bad_analysis_config_is_named(self):
     with self.assertRaisesRegex(config_checks.ConfigError, "analysis.sampling_steps has 2000"):
-      study.check_analysis_config(test_util.config(test_util.SAMPLING, {"analysis.sampling_steps": (2000,)}), 1)
+      config_checks.check_analysis_config(
+          test_util.config(test_util.SAMPLING, {"analysis.sampling_steps": (2000,)}), 1)
     with self.assertRaisesRegex(config_checks.ConfigError, "analysis.batch_size=30 is not divisible by the 8"):
-      study.check_analysis_config(test_util.config(test_util.SAMPLING, {"analysis.batch_size": 30}), 8)
+      config_checks.check_analysis_config(test_util.config(test_util.SAMPLING, {"analysis.batch_size": 30}), 8)
 
 
 if __name__ == "__main__":

@@ -189,12 +189,12 @@ class ConfigTest(parameterized.TestCase):
     config = test_util.toy_study_config("")
     config.compare[field] = (entry,) if field == "sweep" else entry
     with self.assertRaisesRegex(config_checks.ConfigError, f"compare.{field}|sampler_steps"):
-      compare.validate_study(config)
+      config_checks.validate_study(config)
 
   def test_presets_validate(self):
     from configs.compare import digits, full, gmm, photo_patches, quick  # pylint: disable=g-import-not-at-top
     for module in (quick, digits, photo_patches, gmm):
-      compare.validate_study(module.get_config())
+      config_checks.validate_study(module.get_config())
     self.assertEqual(set(full.get_config().suite.keys()), {"digits", "photo_patches", "gmm"})
 
   def test_paper_scale_configs(self):
@@ -204,7 +204,7 @@ class ConfigTest(parameterized.TestCase):
     self.assertEqual(plan.final_step(ffhq), 500_000)
     self.assertEqual(plan.final_step(paper_cifar10.get_config()), 500_000)
     with self.assertRaisesRegex(config_checks.ConfigError, "inception_weights"):
-      compare.validate_study(ffhq)
+      config_checks.validate_study(ffhq)
     ffhq.compare.final_step = 550_000
     with self.assertRaisesRegex(config_checks.ConfigError, "final_step"):
       plan.final_step(ffhq)
