@@ -231,7 +231,7 @@ class VerdictTest(parameterized.TestCase):
     for arm, fds in (("debias", debias), ("constant", constant)):
       _write_results(workdir, arm, fds, (2, 4))
       _write_results(workdir, arm, [fds[-1] + (noise if arm == "debias" else 0.0)], (4,), seed=1)
-    return report.Study(config, workdir)
+    return report.StudyResults(config, workdir)
 
   @parameterized.parameters(([5.0, 3.0], [9.0, 6.0], 0.5, "agrees", "2"),
                             ([9.0, 6.0], [5.0, 3.0], 0.5, "does not agree", None),
@@ -249,7 +249,7 @@ class VerdictTest(parameterized.TestCase):
     self.addCleanup(shutil.rmtree, workdir, ignore_errors=True)
     config = test_util.toy_study_config("")
     _write_results(workdir, "debias", [1.5], (2,))
-    text = report.render(report.Study(config, workdir))
+    text = report.render(report.StudyResults(config, workdir))
     table = markdown_tables(text.split("## Metric vs training iterations")[1])[0]
     self.assertEqual(table[0][1:3], [report.DASH, "1.5"])
     self.assertIn("No bias analysis", text)
