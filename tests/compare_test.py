@@ -18,6 +18,7 @@ from debias_jax import config_checks
 from debias_jax import jsonl
 from debias_jax import train
 from debias_jax.analysis import study as analysis_study
+from debias_jax.diffusion import weighting
 from debias_jax.experiments import compare
 from debias_jax.experiments import plan
 from debias_jax.experiments import report
@@ -166,6 +167,11 @@ class ConfigTest(parameterized.TestCase):
     for bad in ("debias@y", "nope", "uniform@eps"):
       with self.assertRaisesRegex(config_checks.ConfigError, "compare.arms"):
         plan.parse_arm(bad)
+
+  def test_every_weighting_has_its_formulas(self):
+    # The report's arms table names the eps- and x0-space weight of any weighting@target arm.
+    self.assertEqual(set(weighting.FORMULAS), set(weighting.WEIGHTINGS))
+    self.assertTrue(all(set(f) == {"eps", "x0"} for f in weighting.FORMULAS.values()))
 
   def test_checkpoint_steps_and_arm_config(self):
     config = test_util.toy_study_config("")
