@@ -22,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from debias_jax import builders
 from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import logs
@@ -50,7 +51,7 @@ def restore_params(config, workdir: str, step: int = -1, use_ema: bool = True, m
   state = checkpointing.restore_state(config, workdir, None if int(step) < 0 else int(step), mesh)
   params = state.ema_params[0] if use_ema else state.params
   name = f"ema{float(config.ema_rates[0]):g}" if use_ema else "params"
-  return Restored(unet.create_model(config), params, int(jax.device_get(state.step)), name, mesh)
+  return Restored(builders.create_model(config), params, int(jax.device_get(state.step)), name, mesh)
 
 
 def sample_labels(config, num: int, given=()) -> np.ndarray | None:

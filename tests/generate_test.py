@@ -10,6 +10,7 @@ from absl.testing import absltest
 import numpy as np
 from PIL import Image
 
+from debias_jax import builders
 from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import generate
@@ -59,7 +60,7 @@ class SampleModeTest(absltest.TestCase):
     again = load(generate.sample_to_files(self.config, self.workdir)["npz"])["arr_0"]
     np.testing.assert_array_equal(again, saved)
     # The stream itself, with the params in memory: 8 samples are the first 8 of 16; another seed differs.
-    generator = sampling.Generator(self.config, unet.create_model(self.config), parallel.create_mesh())
+    generator = sampling.Generator(self.config, builders.create_model(self.config), parallel.create_mesh())
     params = test_util.random_params(self.config)
 
     def stream(config, num):

@@ -9,7 +9,7 @@ The mixture is known in closed form, so four quantities need no learned feature 
 - the total-variation distance between the sampled component frequencies (exact responsibilities p(k|x) averaged
   over the samples) and the mixture weights: a mode-dropping or mode-reweighting score.
 This module only assembles them: the mixture maths lives in data/gmm.py, the per-bucket errors in analysis/bias.py
-and the MMD and log-likelihood in analysis/gmm.py.
+and the MMD and log-likelihood in analysis/exact_denoiser.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from debias_jax.analysis import bias
-from debias_jax.analysis import gmm as gmm_analysis
+from debias_jax.analysis import exact_denoiser
 from debias_jax.data.gmm import GaussianMixture
 from debias_jax.diffusion.schedules import Schedule
 
@@ -33,7 +33,7 @@ DEFAULT_NUM_BUCKETS = 8
 def _excess_sums(params, x0, rng, mask, *, model_fn, mixture, schedule, target, buckets, learn_sigma):
   return bias.x0_error_terms(lambda x_t, t: model_fn(params, x_t, t), schedule, target, x0, rng, buckets,
                              learn_sigma=learn_sigma, mask=mask,
-                             reference_fn=gmm_analysis.posterior_mean_fn(mixture, schedule))
+                             reference_fn=exact_denoiser.posterior_mean_fn(mixture, schedule))
 
 
 def excess_x0_error(model_fn: Callable, params, mixture: GaussianMixture, schedule: Schedule, target: str, x0,
@@ -111,7 +111,7 @@ def sample_metrics(mixture: GaussianMixture, samples, reference, bandwidth: floa
   if not np.all(np.isfinite(samples)):
     raise ValueError(f"{int(np.sum(~np.isfinite(samples)))} sample values are not finite; the exact metrics "
                      "are undefined for them.")
-  quality = gmm_analysis.sample_quality(mixture, samples, reference, bandwidth)
+  quality = exact_denoiser.sample_quality(mixture, samples, reference, bandwidth)
   out = {"mmd2": quality["mmd"], "mmd_bandwidth": quality["mmd_bandwidth"],
          "log_likelihood_gap": quality["log_likelihood_gap"], "log_likelihood": quality["log_likelihood"],
          "log_likelihood_data": quality["log_likelihood_data"], "num_samples": quality["num_samples"],

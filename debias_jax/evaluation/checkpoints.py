@@ -23,6 +23,7 @@ from etils import epath
 import jax
 import ml_collections
 
+from debias_jax import builders
 from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import generate
@@ -53,7 +54,7 @@ def parse_sampler_steps(config) -> list[tuple[str, str]]:
         raise config_checks.ConfigError(f"config.eval.sampler_steps has {entry!r}; write 'sampler:steps', e.g. "
                                         f"'ddim:50' or 'ddpm:100'.")
       pairs.append((name.strip(), steps.strip()))
-  schedule = sampling.training_schedule(config)
+  schedule = builders.schedule(config)
   for name, steps in pairs:
     try:
       sampling.make_sampler(config, schedule, name, steps)
