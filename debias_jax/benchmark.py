@@ -38,8 +38,6 @@ from debias_jax import parallel
 from debias_jax import train
 from debias_jax import train_state
 from debias_jax import xla_cpu
-from debias_jax.diffusion import losses
-from debias_jax.diffusion import weighting
 from debias_jax.models import unet
 
 SYNTHETIC_NOTE = ("synthetic inputs of the config's shape (uniform images in [-1, 1], random labels); "
@@ -142,7 +140,7 @@ def synthetic_batch(config, mesh, batch_size: int, steps_per_call: int, seed: in
   lead = (steps_per_call,) if steps_per_call > 1 else ()
   size, channels = int(config.data.image_size), int(config.data.channels)
   local = lead + (_local(batch_size),)
-  classes = max(int(config.data.get("num_classes", 0)), 1)
+  classes = max(int(config.data.num_classes), 1)
   batch = {"image": rng.uniform(-1.0, 1.0, local + (size, size, channels)).astype(np.float32),
            "label": rng.integers(0, classes, local).astype(np.int32)}
   return parallel.global_batch(batch, mesh, len(lead))
@@ -170,9 +168,8 @@ def _train_flops_per_step(config, model, schedule, state, sums, batch, devices: 
 
 def loss_dtype(config, model, schedule, params, batch) -> str:
   """The dtype of the training loss that train.make_train_step differentiates (from shapes only, no FLOPs)."""
-  loss_fn = losses.make_loss_fn(schedule, weighting.loss_weights_from_config(schedule, config.loss),
-                                config.loss.target, bool(config.model.learn_sigma))
-  conditional = int(config.data.get("num_classes", 0)) > 0
+  loss_fn = builders.loss_fn(config, schedule)
+  conditional = int(config.data.num_classes) > 0
   key = jax.random.key(0)
 
   def loss(p, images, labels):
@@ -272,6 +269,41 @@ def benchmark_sampler(config, mesh, model, schedule, params, *, sampler: str, st
   return out
 
 
+def _check_counts(**counts: tuple[int, int]) -> None:
+  """Each count (value, minimum) is an integer >= its minimum; a ValueError names the first that is not."""
+  for name, (value, minimum) in counts.items():
+    if not isinstance(value, (int, np.integer)) or value < minimum:
+      raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def _system(devices, precision) -> dict:
+  """The machine the figures were measured on."""
+  return {"platform": devices[0].platform, "device_kind": devices[0].device_kind,
+          "num_devices": len(devices), "num_processes": jax.process_count(),
+          "jax_version": jax.__version__, "cpu_model": xla_cpu.cpu_model(), "cpu_count": os.cpu_count(),
+          "cpu_threads": xla_cpu.usable_cores(),
+          "load_average_start": list(os.getloadavg()), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "matmul_precision": str(precision or "default")}
+
+
+def _benchmark_samplers(config, mesh, model, schedule, params, *, sample_batches: int, sample_warmup_batches: int,
+                        batch_size: int, ddim_steps: int, ddpm_steps: int, log: Callable) -> dict:
+  """DDIM and DDPM figures ({"skipped": True} for a sampler with 0 steps, or for both with sample_batches=0); DDPM
+  on fewer than 1000 steps adds its estimate at 1000 steps."""
+  results = {}
+  for sampler, steps in (("ddim", ddim_steps), ("ddpm", ddpm_steps)):
+    if sample_batches == 0 or steps == 0:
+      results[sampler] = {"skipped": True}
+      continue
+    figures = benchmark_sampler(config, mesh, model, schedule, params, sampler=sampler, steps=steps,
+                                batch_size=batch_size, batches=sample_batches, warmup_batches=sample_warmup_batches,
+                                log=log)
+    if sampler == "ddpm" and steps != 1000:
+      figures["estimated_images_per_s_at_1000_steps"] = figures["images_per_s"] * steps / 1000.0
+    results[sampler] = figures
+  return results
+
+
 def run(config, *, train_steps: int = 10, warmup_calls: int = 1, sample_batches: int = 1,
         sample_warmup_batches: int = 1, sample_batch_size: int | None = None, ddim_steps: int = 50,
         ddpm_steps: int = 1000,
@@ -282,12 +314,9 @@ def run(config, *, train_steps: int = 10, warmup_calls: int = 1, sample_batches:
   on a respaced chain of that many steps (the same per-step program) and extrapolates to 1000 steps, labelled as
   an estimate.
   """
-  for name, value, minimum in (("train_steps", train_steps, 1), ("warmup_calls", warmup_calls, 0),
-                               ("sample_batches", sample_batches, 0),
-                               ("sample_warmup_batches", sample_warmup_batches, 0), ("ddim_steps", ddim_steps, 0),
-                               ("ddpm_steps", ddpm_steps, 0)):
-    if not isinstance(value, (int, np.integer)) or value < minimum:
-      raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+  _check_counts(train_steps=(train_steps, 1), warmup_calls=(warmup_calls, 0), sample_batches=(sample_batches, 0),
+                sample_warmup_batches=(sample_warmup_batches, 0), ddim_steps=(ddim_steps, 0),
+                ddpm_steps=(ddpm_steps, 0))
   mesh = parallel.create_mesh()
   config_checks.validate(config, num_devices=mesh.devices.size)
   model = builders.create_model(config)
@@ -302,15 +331,10 @@ def run(config, *, train_steps: int = 10, warmup_calls: int = 1, sample_batches:
   results = {
       "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
       "synthetic_data": True, "data_note": SYNTHETIC_NOTE,
-      "system": {"platform": devices[0].platform, "device_kind": devices[0].device_kind,
-                 "num_devices": len(devices), "num_processes": jax.process_count(),
-                 "jax_version": jax.__version__, "cpu_model": xla_cpu.cpu_model(), "cpu_count": os.cpu_count(),
-                 "cpu_threads": xla_cpu.usable_cores(),
-                 "load_average_start": list(os.getloadavg()), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                 "matmul_precision": str(precision or "default")},
+      "system": _system(devices, precision),
       "model": {"image_size": int(config.data.image_size), "channels": int(config.data.channels),
-                "num_classes": int(config.data.get("num_classes", 0)), "params": unet.param_count(model),
-                "dtype": compute_dtype, "remat": bool(config.model.get("remat", False))},
+                "num_classes": int(config.data.num_classes), "params": unet.param_count(model),
+                "dtype": compute_dtype, "remat": bool(config.model.remat)},
   }
   log(f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}); {SYNTHETIC_NOTE}.")
   results["train"], state = benchmark_train(config, mesh, model, schedule, steps=train_steps,
@@ -319,20 +343,10 @@ def run(config, *, train_steps: int = 10, warmup_calls: int = 1, sample_batches:
   t["peak_tflops_per_device"], t["peak_source"] = peak, peak_source
   if peak and "achieved_tflops_per_s_per_device" in t:
     t["fraction_of_peak"] = t["achieved_tflops_per_s_per_device"] / peak
-
-  params = state.ema_params[0]
-  size = int(sample_batch_size or config.sampling.batch_size)
-  results["sampling"] = {}
-  for sampler, steps in (("ddim", ddim_steps), ("ddpm", ddpm_steps)):
-    if sample_batches == 0 or steps == 0:
-      results["sampling"][sampler] = {"skipped": True}
-      continue
-    figures = benchmark_sampler(config, mesh, model, schedule, params, sampler=sampler, steps=steps,
-                                batch_size=size, batches=sample_batches, warmup_batches=sample_warmup_batches,
-                                log=log)
-    if sampler == "ddpm" and steps != 1000:
-      figures["estimated_images_per_s_at_1000_steps"] = figures["images_per_s"] * steps / 1000.0
-    results["sampling"][sampler] = figures
+  results["sampling"] = _benchmark_samplers(
+      config, mesh, model, schedule, state.ema_params[0], sample_batches=sample_batches,
+      sample_warmup_batches=sample_warmup_batches, batch_size=int(sample_batch_size or config.sampling.batch_size),
+      ddim_steps=ddim_steps, ddpm_steps=ddpm_steps, log=log)
   results["system"]["load_average_end"] = list(os.getloadavg())
   results["peak_memory"] = peak_memory()
   return results

@@ -24,6 +24,7 @@ import subprocess
 import sys
 
 from debias_jax import benchmark_torch
+from debias_jax import builders
 from debias_jax import xla_cpu
 
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_torch.py")
@@ -37,7 +38,7 @@ def torch_spec(config) -> dict:
   mult = unet.resolve_channel_mult(tuple(m.channel_mult), image_size)
   if any(float(x) != int(x) for x in mult):
     raise ValueError(f"model.channel_mult={mult} has fractions, which guided-diffusion's script_util cannot parse.")
-  num_classes = int(d.get("num_classes", 0))
+  num_classes = int(d.num_classes)
   if str(config.diffusion.schedule) not in ("linear", "cosine"):
     raise ValueError(f"diffusion.schedule={config.diffusion.schedule!r} has no guided-diffusion counterpart.")
   model_and_diffusion = {
@@ -47,7 +48,7 @@ def torch_spec(config) -> dict:
       "attention_resolutions": ",".join(str(int(r)) for r in m.attention_resolutions),
       "num_heads": int(m.num_heads), "num_head_channels": int(m.num_head_channels), "num_heads_upsample": -1,
       "use_scale_shift_norm": bool(m.use_scale_shift_norm), "resblock_updown": bool(m.resblock_updown),
-      "dropout": float(m.dropout), "use_new_attention_order": bool(m.get("use_new_attention_order", False)),
+      "dropout": float(m.dropout), "use_new_attention_order": bool(m.use_new_attention_order),
       "use_checkpoint": False, "use_fp16": False, "diffusion_steps": int(config.diffusion.num_timesteps),
       "noise_schedule": str(config.diffusion.schedule), "rescale_learned_sigmas": bool(m.learn_sigma),
       "predict_xstart": config.loss.target == "x0", "predict_v": config.loss.target == "v"}
@@ -221,10 +222,8 @@ def _ratio_line(name: str, ours: float, theirs: float | None) -> str:
   return f"  {name:10s} debias_jax {ours:8.3f} img/s   PyTorch {theirs:8.3f} img/s   ratio {ours / theirs:5.2f}"
 
 
-def run(flag_values, log=print) -> dict:
-  """Starts the workers, measures --rounds rounds in turn, prints and returns every figure."""
-  f = flag_values
-  threads = int(f.threads)
+def _start_workers(f, threads: int, log) -> dict[str, Worker]:
+  """Our worker, and the PyTorch one when --reference_checkout is given; each has prepared its programs."""
   env = worker_env(threads)
   ours_argv = [sys.executable, "-m", "debias_jax.benchmark_side_by_side", "--worker=jax",
                f"--threads={threads}"] + _config_argv(f)
@@ -238,14 +237,58 @@ def run(flag_values, log=print) -> dict:
               spec, "--threads", str(threads), "--serve"]
       log(f"Starting the PyTorch reference ({argv[0]}, checkout {f.reference_checkout}) ...")
       workers["torch"] = Worker("PyTorch", _pinned(argv, threads), env, log)
+  except BaseException:
+    for w in workers.values():
+      w.close()
+    raise
+  return workers
+
+
+def _hello_line(workers: dict[str, Worker], threads: int) -> str:
+  hello = workers["jax"].hello["system"]
+  line = (f"Host CPU: {hello['cpu_model']}; {threads} thread(s) on CPUs {hello['cpus']}; "
+          f"XLA_FLAGS={hello['xla_flags']!r}; jax {hello['jax_version']}")
+  if "torch" in workers:
+    torch = workers["torch"].hello
+    line += (f"; torch {torch['system']['torch_version']} ({torch['system']['cpu_capability']}, "
+             f"{torch['system']['torch_threads']} threads), params {torch['params']:,} vs ours "
+             f"{workers['jax'].hello['params']:,}")
+  return line
+
+
+def _summary(rounds: list[dict], names, with_torch: bool) -> dict:
+  """Per measurement: our images/s per round and, with the reference, theirs, the ratios and their median."""
+  summary = {}
+  for name in names:
+    ours = [row[name]["jax"]["images_per_s"] for row in rounds]
+    entry = {"ours_images_per_s": ours}
+    if with_torch:
+      theirs = [row[name]["torch"]["images_per_s"] for row in rounds]
+      ratios = [a / b for a, b in zip(ours, theirs)]
+      entry.update(theirs_images_per_s=theirs, ratios=ratios, median_ratio=statistics.median(ratios))
+    summary[name] = entry
+  return summary
+
+
+def _log_summary(summary: dict, log) -> None:
+  log("\nSummary (images/s per round; ratio = debias_jax / PyTorch, measured in turn):")
+  for name, entry in summary.items():
+    line = f"  {name:10s} debias_jax " + ", ".join(f"{v:.3f}" for v in entry["ours_images_per_s"])
+    if "ratios" in entry:
+      line += ("; PyTorch " + ", ".join(f"{v:.3f}" for v in entry["theirs_images_per_s"])
+               + "; ratios " + ", ".join(f"{v:.2f}" for v in entry["ratios"])
+               + f" (median {entry['median_ratio']:.2f})")
+    log(line)
+
+
+def run(flag_values, log=print) -> dict:
+  """Starts the workers, measures --rounds rounds in turn, prints and returns every figure."""
+  f = flag_values
+  threads = int(f.threads)
+  workers = _start_workers(f, threads, log)
+  try:
     results = {"threads": threads, "workers": {k: w.hello for k, w in workers.items()}, "rounds": []}
-    hello = workers["jax"].hello["system"]
-    log(f"Host CPU: {hello['cpu_model']}; {threads} thread(s) on CPUs {hello['cpus']}; "
-        f"XLA_FLAGS={hello['xla_flags']!r}; jax {hello['jax_version']}"
-        + (f"; torch {workers['torch'].hello['system']['torch_version']} "
-           f"({workers['torch'].hello['system']['cpu_capability']}, {workers['torch'].hello['system']['torch_threads']}"
-           f" threads), params {workers['torch'].hello['params']:,} vs ours {workers['jax'].hello['params']:,}"
-           if "torch" in workers else ""))
+    log(_hello_line(workers, threads))
     batch = int(f.sample_batch_size or f.config.sampling.batch_size)
     commands = {"train": {"op": "train", "steps": int(f.train_steps)}}
     if f.ddim_steps:
@@ -258,24 +301,8 @@ def run(flag_values, log=print) -> dict:
         theirs = row[name].get("torch", {}).get("images_per_s")
         log(f"round {r + 1}:" + _ratio_line(name, row[name]["jax"]["images_per_s"], theirs))
       results["rounds"].append(row)
-    summary = {}
-    for name in commands:
-      ours = [row[name]["jax"]["images_per_s"] for row in results["rounds"]]
-      entry = {"ours_images_per_s": ours}
-      if "torch" in workers:
-        theirs = [row[name]["torch"]["images_per_s"] for row in results["rounds"]]
-        ratios = [a / b for a, b in zip(ours, theirs)]
-        entry.update(theirs_images_per_s=theirs, ratios=ratios, median_ratio=statistics.median(ratios))
-      summary[name] = entry
-    results["summary"] = summary
-    log("\nSummary (images/s per round; ratio = debias_jax / PyTorch, measured in turn):")
-    for name, entry in summary.items():
-      line = f"  {name:10s} debias_jax " + ", ".join(f"{v:.3f}" for v in entry["ours_images_per_s"])
-      if "ratios" in entry:
-        line += ("; PyTorch " + ", ".join(f"{v:.3f}" for v in entry["theirs_images_per_s"])
-                 + "; ratios " + ", ".join(f"{v:.2f}" for v in entry["ratios"])
-                 + f" (median {entry['median_ratio']:.2f})")
-      log(line)
+    results["summary"] = _summary(results["rounds"], commands, "torch" in workers)
+    _log_summary(results["summary"], log)
     if f.profile:
       results["profile"] = _profiles(workers, batch, int(f.ddim_steps or 10), log)
     return results

@@ -71,7 +71,7 @@ class Reference:
     self.model, self.diffusion = script_util.create_model_and_diffusion(**kwargs)
     self.model.train()
     self.batch_size, self.image_size = int(spec["batch_size"]), int(kwargs["image_size"])
-    self.channels = int(spec.get("channels", 3))
+    self.channels = int(spec["channels"])
     self.num_classes = int(spec["num_classes"]) if kwargs.get("class_cond") else 0
     self.mp = fp16_util.MixedPrecisionTrainer(model=self.model, use_fp16=False)
     self.opt = torch.optim.AdamW(self.mp.master_params, lr=float(spec["lr"]), weight_decay=float(spec["weight_decay"]))

@@ -69,7 +69,8 @@ def loss_weights(config, chain: Schedule) -> np.ndarray:
 
 def loss_fn(config, chain: Schedule):
   """loss_fn(predict, x0, rng) of config.loss on the chain (see diffusion/losses.py)."""
-  return losses.make_loss_fn(chain, loss_weights(config, chain), config.loss.target, bool(config.model.learn_sigma))
+  return losses.make_loss_fn(chain, loss_weights(config, chain), config.loss.target, bool(config.model.learn_sigma),
+                             config.loss.t_sampling)
 
 
 def learning_rate(config) -> optax.Schedule:

@@ -8,18 +8,22 @@ import ml_collections
 import numpy as np
 
 from debias_jax import builders
+from debias_jax import errors
 from debias_jax import generation
+from debias_jax.analysis import bias
 from debias_jax.data import embedded
 from debias_jax.data import pipeline
 from debias_jax.diffusion import samplers
 from debias_jax.diffusion import schedules
+from debias_jax.diffusion import t_sampling
 from debias_jax.diffusion import targets
 from debias_jax.diffusion import weighting
+from debias_jax.evaluation import features
+from debias_jax.experiments import plan
 from debias_jax.models import unet
 
 
-class ConfigError(ValueError):
-  pass
+ConfigError = errors.ConfigError   # defined in a module that imports nothing (no cycle with experiments/plan)
 
 
 def _plain(value):
@@ -106,7 +110,7 @@ def validate_sampling(config) -> None:
     generation.make_sampler(config, builders.schedule(config))
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config.sampling.sampler={s.sampler!r} with sampling.steps={s.steps!r} and "
-                      f"sampling.solver_options={dict(s.get('solver_options', {}))}: {e}") from e
+                      f"sampling.solver_options={dict(s.solver_options)}: {e}") from e
   _positive_int(s.num_samples, "sampling.num_samples")
   _positive_int(s.batch_size, "sampling.batch_size")
 
@@ -121,6 +125,7 @@ def validate(config, num_devices: int | None = None) -> None:
   loss = config.loss
   _choice(loss.target, targets.TARGETS, "loss.target")
   _choice(loss.weighting, weighting.WEIGHTINGS, "loss.weighting")
+  _choice(loss.t_sampling, t_sampling.T_SAMPLINGS, "loss.t_sampling")
   _require(loss.snr_clamp >= 0, f"config.loss.snr_clamp must be >= 0 (0 = off), got {loss.snr_clamp}.")
   _require(loss.p2_k >= 0 and loss.p2_gamma >= 0 and loss.min_snr_gamma > 0,
            "config.loss.p2_k and p2_gamma must be >= 0 and config.loss.min_snr_gamma > 0.")
@@ -235,3 +240,67 @@ def validate_model(config) -> None:
       _require(m.num_heads > 0 and w % m.num_heads == 0, f"model.num_heads={m.num_heads} does not divide the {w} "
                                                          "channels of an attention layer (or set "
                                                          "model.num_head_channels > 0).")
+
+
+# Analysis and comparison studies.
+
+
+def _positive(value, field: str) -> int:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    raise ConfigError(f"config.{field} must be a positive integer, got {value!r}.")
+  return int(value)
+
+
+def check_analysis_config(config, num_devices: int) -> None:
+  """Raises ConfigError naming the first bad config.analysis field (before any compute)."""
+  a = config.analysis
+  for field in ("num_examples", "num_buckets", "batch_size", "num_samples"):
+    _positive(a[field], f"analysis.{field}")
+  if a.batch_size % num_devices:
+    raise ConfigError(f"config.analysis.batch_size={a.batch_size} is not divisible by the {num_devices} devices; "
+                      f"use a multiple of {num_devices}.")
+  if a.bucket_by not in bias.BUCKET_KINDS:
+    raise ConfigError(f"config.analysis.bucket_by={a.bucket_by!r} is not valid; choose one of: "
+                      f"{', '.join(bias.BUCKET_KINDS)}.")
+  schedule = builders.schedule(config)
+  if a.num_buckets > schedule.num_steps:
+    raise ConfigError(f"config.analysis.num_buckets={a.num_buckets} exceeds the {schedule.num_steps} timesteps.")
+  for name in a.samplers:
+    if name not in samplers.sampler_names():
+      raise ConfigError(f"config.analysis.samplers has {name!r}; valid samplers: "
+                        f"{', '.join(samplers.sampler_names())}.")
+    for steps in a.sampling_steps:
+      try:
+        generation.make_sampler(config, schedule, name, str(steps))
+      except (ValueError, TypeError) as e:
+        raise ConfigError(f"config.analysis.sampling_steps has {steps!r}, which sampler {name!r} cannot take: "
+                          f"{e}") from e
+
+
+def _check_study_samplers(config, entries: list[tuple[str, tuple[str, str]]]) -> None:
+  """Each (sampler, steps) of the study, with the compare field that names it, builds for config."""
+  schedule = builders.schedule(config)
+  for field, (name, steps) in entries:
+    try:
+      generation.make_sampler(config, schedule, name, steps)
+    except (ValueError, TypeError) as e:
+      raise ConfigError(f"config.compare.{field} has '{name}:{steps}', which cannot be built: {e}") from e
+
+
+def validate_study(config) -> None:
+  """Raises ConfigError naming the first bad field of a comparison study (configs/compare/*.py), before any
+  compute: the compare section, and every arm's training config with the study's samplers."""
+  if "compare" not in config:
+    raise ConfigError("The config has no compare section; use a configs/compare/*.py preset.")
+  arms = plan.study_arms(config)
+  plan.final_step(config)
+  if features.resolve_feature_space(config.eval, config.data) == "inception" and not config.eval.inception_weights:
+    raise ConfigError("config.eval.feature_space is inception but config.eval.inception_weights is empty; pass "
+                      "--config.eval.inception_weights=/path/to/the FID Inception-v3 weights (see "
+                      "debias_jax/evaluation/inception.py), or set feature_space.")
+  entries = [("eval_sampler", plan.eval_sampler(config))]
+  entries += [("sweep", plan.parse_sampler(entry, "sweep")) for entry in config.compare.sweep]
+  for arm in {a.target: a for a in arms}.values():   # samplers depend on the target only
+    arm_config = plan.arm_config(config, arm)
+    validate(arm_config)
+    _check_study_samplers(arm_config, entries)

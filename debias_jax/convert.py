@@ -23,6 +23,7 @@ from etils import epath
 import jax
 import numpy as np
 
+from debias_jax import builders
 from debias_jax import checkpointing
 from debias_jax.models import unet as unet_lib
 
@@ -117,7 +118,8 @@ def _shape(sd, key):
   return tuple(np.shape(sd[key])) if key in sd else None
 
 
-def _diagnose(sd: Mapping[str, np.ndarray], model: unet_lib.UNet, table: Mapping[str, _Entry]) -> list[str]:
+def _width_hints(sd, model: unet_lib.UNet, table) -> list[str]:
+  """model_channels, data.channels and channel_mult, from the time embedding and the input conv."""
   hints = []
   mc = model.model_channels
   s = _shape(sd, "time_embed.0.weight")
@@ -131,6 +133,12 @@ def _diagnose(sd: Mapping[str, np.ndarray], model: unet_lib.UNet, table: Mapping
     if s[0] != first and not hints:
       hints.append(f"model.channel_mult[0] * model.model_channels = {first}, but the checkpoint's input conv "
                    f"has {s[0]} output channels (check model.channel_mult).")
+  return hints
+
+
+def _output_hints(sd, model: unet_lib.UNet) -> list[str]:
+  """learn_sigma from the output conv, num_classes from the label embedding."""
+  hints = []
   s = _shape(sd, "out.2.weight")
   if s is not None and len(s) == 4 and s[0] != model.out_channels:
     if s[0] == 2 * model.in_channels:
@@ -148,48 +156,64 @@ def _diagnose(sd: Mapping[str, np.ndarray], model: unet_lib.UNet, table: Mapping
                  f"set data.num_classes=0.")
   elif s is not None and s[0] != model.num_classes:
     hints.append(f"data.num_classes={model.num_classes}, but the checkpoint's label_emb has {s[0]} classes.")
+  return hints
 
-  def block_count(prefix):
-    ids = {int(m.group(1)) for k in sd for m in [re.match(rf"{prefix}\.(\d+)\.", k)] if m}
-    return max(ids) + 1 if ids else 0
+
+def _block_count(sd, prefix: str) -> int:
+  ids = {int(m.group(1)) for k in sd for m in [re.match(rf"{prefix}\.(\d+)\.", k)] if m}
+  return max(ids) + 1 if ids else 0
+
+
+def _layout_hints(sd, model: unet_lib.UNet, table) -> list[str]:
+  """num_res_blocks and channel_mult from the number of blocks; then attention_resolutions and resblock_updown."""
   layout = model.layout()
-  n_in, n_out = block_count("input_blocks"), block_count("output_blocks")
+  n_in, n_out = _block_count(sd, "input_blocks"), _block_count(sd, "output_blocks")
   if (n_in, n_out) != (len(layout.input_blocks), len(layout.output_blocks)):
-    hints.append(f"The checkpoint has {n_in} input / {n_out} output blocks, the config "
-                 f"{len(layout.input_blocks)} / {len(layout.output_blocks)}: check model.num_res_blocks="
-                 f"{model.num_res_blocks} and model.channel_mult={model.channel_mult}.")
-  else:
-    res = {l.name: l.resolution for l in layout.layers()}
-    blocks = [f"{p}.{i}" for p, blks in (("input_blocks", layout.input_blocks),
-                                          ("output_blocks", layout.output_blocks)) for i in range(len(blks))]
-    theirs, ours = set(), set()
-    for block in blocks:
-      for k in sd:
-        if k.startswith(block + ".") and k.endswith(".qkv.weight"):
-          theirs.add(res.get(f"{block}.0", -1))
-      for l in layout.layers():
-        if l.kind == "attn" and l.name.startswith(block + "."):
-          ours.add(l.resolution)
-    if theirs != ours:
-      hints.append(f"model.attention_resolutions={tuple(model.attention_resolutions)}, but the checkpoint has "
-                   f"attention at {tuple(sorted(theirs, reverse=True))} (pixels).")
-    updown_theirs = any(re.fullmatch(r"input_blocks\.\d+\.0\.op\.weight", k) for k in sd)
-    updown_ours = any(k.endswith(".op.weight") for k in table)
-    if updown_theirs != updown_ours:
-      hints.append(f"model.resblock_updown={model.resblock_updown}, but the checkpoint "
-                   f"{'down-samples with strided convs' if updown_theirs else 'has up/down-sampling ResBlocks'}; "
-                   f"set model.resblock_updown={not updown_theirs}.")
+    return [f"The checkpoint has {n_in} input / {n_out} output blocks, the config "
+            f"{len(layout.input_blocks)} / {len(layout.output_blocks)}: check model.num_res_blocks="
+            f"{model.num_res_blocks} and model.channel_mult={model.channel_mult}."]
+  hints = []
+  res = {l.name: l.resolution for l in layout.layers()}
+  blocks = [f"{p}.{i}" for p, blks in (("input_blocks", layout.input_blocks),
+                                        ("output_blocks", layout.output_blocks)) for i in range(len(blks))]
+  theirs, ours = set(), set()
+  for block in blocks:
+    for k in sd:
+      if k.startswith(block + ".") and k.endswith(".qkv.weight"):
+        theirs.add(res.get(f"{block}.0", -1))
+    for l in layout.layers():
+      if l.kind == "attn" and l.name.startswith(block + "."):
+        ours.add(l.resolution)
+  if theirs != ours:
+    hints.append(f"model.attention_resolutions={tuple(model.attention_resolutions)}, but the checkpoint has "
+                 f"attention at {tuple(sorted(theirs, reverse=True))} (pixels).")
+  updown_theirs = any(re.fullmatch(r"input_blocks\.\d+\.0\.op\.weight", k) for k in sd)
+  updown_ours = any(k.endswith(".op.weight") for k in table)
+  if updown_theirs != updown_ours:
+    hints.append(f"model.resblock_updown={model.resblock_updown}, but the checkpoint "
+                 f"{'down-samples with strided convs' if updown_theirs else 'has up/down-sampling ResBlocks'}; "
+                 f"set model.resblock_updown={not updown_theirs}.")
+  return hints
+
+
+def _scale_shift_hints(sd, model: unet_lib.UNet, table) -> list[str]:
+  """use_scale_shift_norm from the width of a ResBlock's embedding projection."""
   key = "input_blocks.1.0.emb_layers.1.weight"
   s, want = _shape(sd, key), table.get(key)
-  if s is not None and want is not None and s != want.shape and len(s) == 2:
-    out = table["input_blocks.1.0.out_layers.0.weight"].shape[0]
-    if s[0] == 2 * out and not model.use_scale_shift_norm:
-      hints.append("model.use_scale_shift_norm=False, but the checkpoint's ResBlocks use scale-shift norm; "
-                   "set it to True.")
-    elif 2 * s[0] == want.shape[0] and model.use_scale_shift_norm:
-      hints.append("model.use_scale_shift_norm=True, but the checkpoint's ResBlocks add the embedding; "
-                   "set it to False.")
-  return hints
+  if s is None or want is None or s == want.shape or len(s) != 2:
+    return []
+  out = table["input_blocks.1.0.out_layers.0.weight"].shape[0]
+  if s[0] == 2 * out and not model.use_scale_shift_norm:
+    return ["model.use_scale_shift_norm=False, but the checkpoint's ResBlocks use scale-shift norm; set it to True."]
+  if 2 * s[0] == want.shape[0] and model.use_scale_shift_norm:
+    return ["model.use_scale_shift_norm=True, but the checkpoint's ResBlocks add the embedding; set it to False."]
+  return []
+
+
+def _diagnose(sd: Mapping[str, np.ndarray], model: unet_lib.UNet, table: Mapping[str, _Entry]) -> list[str]:
+  """The config fields that would explain why the checkpoint `sd` does not fit the config's UNet, in words."""
+  return (_width_hints(sd, model, table) + _output_hints(sd, model) + _layout_hints(sd, model, table)
+          + _scale_shift_hints(sd, model, table))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -208,7 +232,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], config) -> dict:
   Every key must map to a parameter and every parameter must be present with its exact shape; otherwise one
   ValueError lists the config fields that look wrong and all missing, unexpected and mis-shaped tensors.
   """
-  model = unet_lib.create_model(config)
+  model = builders.create_model(config)
   sd = _strip_prefix(state_dict)
   table = key_map(model)
 

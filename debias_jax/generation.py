@@ -3,8 +3,8 @@
 The sampler and label builders of `builders` (which makes the model and schedule they run on) live here.
 
 Shared by the training loop (sample grids), `--mode sample`, `--mode eval`, the bias study and the benchmarks, so
-that all of them draw the same images for the same (seed, sampler, steps, batch size, labels). Plain library:
-errors are ValueErrors naming the field; the drivers turn them into ConfigErrors.
+that all of them draw the same images for the same (seed, sampler, steps, batch size, labels). A bad config value
+raises errors.ConfigError naming the field.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from debias_jax import builders
+from debias_jax import errors
 from debias_jax import parallel
 from debias_jax import preemption
 from debias_jax.diffusion import samplers
@@ -57,7 +58,7 @@ def parse_sampler_steps(entry, field: str) -> tuple[str, str]:
   """A "sampler:steps" entry of config.`field` (e.g. "ddim:50", "dpm_solver++:20") as (sampler, steps)."""
   name, sep, steps = str(entry).partition(":")
   if not sep or not name.strip() or not steps.strip():
-    raise ValueError(f"config.{field} has {entry!r}; write 'sampler:steps', e.g. 'ddim:50' or 'ddpm:100'.")
+    raise errors.ConfigError(f"config.{field} has {entry!r}; write 'sampler:steps', e.g. 'ddim:50' or 'ddpm:100'.")
   return name.strip(), steps.strip()
 
 
@@ -67,13 +68,13 @@ def sample_labels(config, num: int, given=()) -> np.ndarray | None:
   given = tuple(int(g) for g in (given or ()))
   if num_classes <= 0:
     if given:
-      raise ValueError(f"config.sampling.labels={given} is set, but the model is unconditional "
-                       "(data.num_classes=0); leave it empty.")
+      raise errors.ConfigError(f"config.sampling.labels={given} is set, but the model is unconditional "
+                               "(data.num_classes=0); leave it empty.")
     return None
   bad = [g for g in given if not 0 <= g < num_classes]
   if bad:
-    raise ValueError(f"config.sampling.labels has {bad}, outside [0, {num_classes}) "
-                     f"(data.num_classes={num_classes}).")
+    raise errors.ConfigError(f"config.sampling.labels has {bad}, outside [0, {num_classes}) "
+                             f"(data.num_classes={num_classes}).")
   labels = np.asarray(given, np.int32) if given else np.arange(num_classes, dtype=np.int32)
   return np.resize(labels, num).astype(np.int32)
 

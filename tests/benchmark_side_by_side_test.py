@@ -20,6 +20,7 @@ from configs.paper import cifar10
 from debias_jax import benchmark_profile
 from debias_jax import benchmark_side_by_side
 from debias_jax import benchmark_torch
+from debias_jax import builders
 from debias_jax.models import unet
 from tests import test_util
 
@@ -91,7 +92,7 @@ class ProfileTest(absltest.TestCase):
     config = tiny.get_config()
     config.data.image_size, config.model.channel_mult, config.model.attention_resolutions = 16, (1, 2), (8,)
     config.model.model_channels = 64
-    model = unet.create_model(config)
+    model = builders.create_model(config)
     params = unet.init_params(model, jax.random.key(0))
     x = jnp.ones((2, 16, 16, 1))
     t = jnp.array([1.0, 500.0])

@@ -16,10 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from debias_jax import benchmark
-from debias_jax import generation
+from debias_jax import builders
 from debias_jax import parallel
-from debias_jax.diffusion import losses
-from debias_jax.diffusion import weighting
 from debias_jax.models import unet
 from tests import test_util
 
@@ -31,17 +29,16 @@ BF16_RELATIVE_TOLERANCE = 1e-3
 
 def fixed_loss(config, params, images):
   """The config's training loss of `params` on fixed images with fixed noise and timesteps (key 123)."""
-  model = unet.create_model(config)
-  schedule = generation.training_schedule(config)
-  loss_fn = losses.make_loss_fn(schedule, weighting.loss_weights_from_config(schedule, config.loss),
-                                config.loss.target, config.model.learn_sigma)
+  model = builders.create_model(config)
+  schedule = builders.schedule(config)
+  loss_fn = builders.loss_fn(config, schedule)
   predict = lambda p: (lambda x, t: model.apply({"params": p}, x, t, None))
   return jax.jit(lambda p: loss_fn(predict(p), images, jax.random.key(123))[0])(params)
 
 
 def forward_gflops_per_image(config):
   """XLA's (unoptimised) FLOP count of one forward pass of the UNet on one image."""
-  model = unet.create_model(config)
+  model = builders.create_model(config)
   x = jnp.zeros((1, 8, 8, 1), jnp.float32)
   params = unet.param_shapes(model)
   cost = jax.jit(lambda p: model.apply({"params": p}, x, jnp.zeros((1,)), None)).lower(params).cost_analysis()
@@ -63,7 +60,7 @@ class BenchmarkTest(parameterized.TestCase):
     states = {}
     for dtype in ("float32", "bfloat16"):
       config = test_util.config(**{"model.dtype": dtype})
-      model, schedule = unet.create_model(config), generation.training_schedule(config)
+      model, schedule = builders.create_model(config), builders.schedule(config)
       figures, states[dtype] = benchmark.benchmark_train(config, mesh, model, schedule, steps=3, warmup_calls=1,
                                                          log=lambda _: None)
       self.assertEqual(figures["loss_dtype"], "float32")
@@ -72,7 +69,7 @@ class BenchmarkTest(parameterized.TestCase):
           self.assertEqual(leaf.dtype, jnp.float32)
     self.assertEqual(int(states["bfloat16"].step), 4)
     images = benchmark.synthetic_batch(test_util.config(), mesh, 16, 1)["image"]
-    init = unet.init_params(unet.create_model(test_util.config()), jax.random.key(test_util.config().seed))
+    init = unet.init_params(builders.create_model(test_util.config()), jax.random.key(test_util.config().seed))
     before = float(fixed_loss(test_util.config(), init, images))
     loss32 = fixed_loss(test_util.config(**{"model.dtype": "float32"}), states["float32"].params, images)
     loss16 = fixed_loss(test_util.config(**{"model.dtype": "bfloat16"}), states["bfloat16"].params, images)
@@ -139,7 +136,7 @@ class BenchmarkTest(parameterized.TestCase):
     self.assertIn("synthetic", results["data_note"])
     self.assertIn("configs/tiny.py --config.model.dtype=float32 --train_steps=3", results["command"])
     self.assertEqual(results["system"]["platform"], "cpu")
-    self.assertEqual(results["model"]["params"], unet.param_count(config))
+    self.assertEqual(results["model"]["params"], unet.param_count(builders.create_model(config)))
 
     t = results["train"]
     self._assert_positive_finite(t, ["images_per_s", "images_per_s_per_device", "seconds", "ms_per_step",

@@ -18,6 +18,7 @@ from debias_jax import config_checks
 from debias_jax import jsonl
 from debias_jax import train
 from debias_jax.analysis import study as analysis_study
+from debias_jax.diffusion import weighting
 from debias_jax.experiments import compare
 from debias_jax.experiments import plan
 from debias_jax.experiments import report
@@ -167,6 +168,11 @@ class ConfigTest(parameterized.TestCase):
       with self.assertRaisesRegex(config_checks.ConfigError, "compare.arms"):
         plan.parse_arm(bad)
 
+  def test_every_weighting_has_its_formulas(self):
+    # The report's arms table names the eps- and x0-space weight of any weighting@target arm.
+    self.assertEqual(set(weighting.FORMULAS), set(weighting.WEIGHTINGS))
+    self.assertTrue(all(set(f) == {"eps", "x0"} for f in weighting.FORMULAS.values()))
+
   def test_checkpoint_steps_and_arm_config(self):
     config = test_util.toy_study_config("")
     config.train.num_steps, config.compare.num_checkpoints = 500, 5
@@ -189,12 +195,12 @@ class ConfigTest(parameterized.TestCase):
     config = test_util.toy_study_config("")
     config.compare[field] = (entry,) if field == "sweep" else entry
     with self.assertRaisesRegex(config_checks.ConfigError, f"compare.{field}|sampler_steps"):
-      compare.validate_study(config)
+      config_checks.validate_study(config)
 
   def test_presets_validate(self):
     from configs.compare import digits, full, gmm, photo_patches, quick  # pylint: disable=g-import-not-at-top
     for module in (quick, digits, photo_patches, gmm):
-      compare.validate_study(module.get_config())
+      config_checks.validate_study(module.get_config())
     self.assertEqual(set(full.get_config().suite.keys()), {"digits", "photo_patches", "gmm"})
 
   def test_paper_scale_configs(self):
@@ -204,7 +210,7 @@ class ConfigTest(parameterized.TestCase):
     self.assertEqual(plan.final_step(ffhq), 500_000)
     self.assertEqual(plan.final_step(paper_cifar10.get_config()), 500_000)
     with self.assertRaisesRegex(config_checks.ConfigError, "inception_weights"):
-      compare.validate_study(ffhq)
+      config_checks.validate_study(ffhq)
     ffhq.compare.final_step = 550_000
     with self.assertRaisesRegex(config_checks.ConfigError, "final_step"):
       plan.final_step(ffhq)
@@ -231,7 +237,7 @@ class VerdictTest(parameterized.TestCase):
     for arm, fds in (("debias", debias), ("constant", constant)):
       _write_results(workdir, arm, fds, (2, 4))
       _write_results(workdir, arm, [fds[-1] + (noise if arm == "debias" else 0.0)], (4,), seed=1)
-    return report.Study(config, workdir)
+    return report.StudyResults(config, workdir)
 
   @parameterized.parameters(([5.0, 3.0], [9.0, 6.0], 0.5, "agrees", "2"),
                             ([9.0, 6.0], [5.0, 3.0], 0.5, "does not agree", None),
@@ -249,7 +255,7 @@ class VerdictTest(parameterized.TestCase):
     self.addCleanup(shutil.rmtree, workdir, ignore_errors=True)
     config = test_util.toy_study_config("")
     _write_results(workdir, "debias", [1.5], (2,))
-    text = report.render(report.Study(config, workdir))
+    text = report.render(report.StudyResults(config, workdir))
     table = markdown_tables(text.split("## Metric vs training iterations")[1])[0]
     self.assertEqual(table[0][1:3], [report.DASH, "1.5"])
     self.assertIn("No bias analysis", text)

@@ -23,7 +23,7 @@ from tests import test_util
 HELPERS = {"configs/paper/adm.py", "configs/compare/base.py"}
 
 # Run in a temporary folder: each config through the --config flag (a fresh FlagValues per config, as main.py's
-# flag parses it) by absolute path and by name, then validated: compare presets with compare.validate_study
+# flag parses it) by absolute path and by name, then validated: compare presets with config_checks.validate_study
 # (every study of a suite), the others with config_checks.validate.
 CHECK_ALL = r"""
 import json, os, sys
@@ -37,7 +37,6 @@ except ModuleNotFoundError:
   pass
 from debias_jax import config_checks, config_files
 from debias_jax.evaluation import features
-from debias_jax.experiments import compare
 
 
 def load(path, *overrides):
@@ -54,7 +53,7 @@ def validate(config):
     for study in studies:
       if features.resolve_feature_space(study.eval, study.data) == "inception":
         study.eval.inception_weights = "/weights/inception.pkl"   # required, never read by the check
-      compare.validate_study(study)
+      config_checks.validate_study(study)
     return len(studies)
   config_checks.validate(config)
   return 1

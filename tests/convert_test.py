@@ -22,6 +22,7 @@ from absl.testing import parameterized
 import jax
 import numpy as np
 
+from debias_jax import builders
 from debias_jax import checkpointing
 from debias_jax import convert
 from debias_jax import train_state
@@ -165,7 +166,7 @@ class KeyMapTest(parameterized.TestCase):
        dict(updown=False, scale_shift=False, learn_sigma=False, num_classes=0)),
   )
   def test_keys_and_shapes_match_guided_diffusion(self, overrides, expected_flags):
-    model = unet.create_model(_config(**overrides))
+    model = builders.create_model(_config(**overrides))
     ours = {k: e.shape for k, e in convert.key_map(model).items()}
     self.assertEqual(ours, _expected_keys(**expected_flags))
 
@@ -177,7 +178,7 @@ class ConvertTest(parameterized.TestCase):
     sd = _distinct_state_dict(_expected_keys())
     params = convert.convert_state_dict(sd, config)
     # Same tree as the model's own params, all float32.
-    shapes = unet.param_shapes(unet.create_model(config))
+    shapes = unet.param_shapes(builders.create_model(config))
     self.assertEqual(jax.tree.structure(params), jax.tree.structure(shapes))
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(shapes)):
       self.assertEqual((got.shape, got.dtype), (want.shape, want.dtype))
@@ -248,7 +249,7 @@ class ConvertTest(parameterized.TestCase):
   def test_outputs_match_guided_diffusion_pytorch(self, name):
     overrides = dict(_REFERENCE_CASES[name])
     config = _config(**overrides)
-    model = unet.create_model(config)
+    model = builders.create_model(config)
     keys = {k: e.shape for k, e in convert.key_map(model).items()}
     params = convert.convert_state_dict(_deterministic_state_dict(keys), config)
     x, t, y = _reference_inputs(model.in_channels, model.num_classes)

@@ -117,12 +117,6 @@ def x0_error_terms(model_fn: Callable, schedule: Schedule, target: str, x0, rng,
   return sums
 
 
-# The same, jitted with the closures and tables static: for analytic model functions (tests, the exact denoiser).
-# A network should keep its params as an argument: jit a lambda of params around x0_error_terms instead.
-x0_error_by_bucket = jax.jit(x0_error_terms, static_argnames=("model_fn", "schedule", "target", "buckets",
-                                                              "learn_sigma", "reference_fn"))
-
-
 def finalize_sums(sums: dict) -> dict[str, np.ndarray]:
   """Per-bucket means from (accumulated) sums: every entry divided by the bucket's count."""
   sums = {k: np.asarray(v, np.float64) for k, v in sums.items()}

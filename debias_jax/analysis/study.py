@@ -39,46 +39,12 @@ from debias_jax import storage
 from debias_jax import summaries
 from debias_jax.analysis import bias
 from debias_jax.analysis import color
-from debias_jax.analysis import gmm as gmm_analysis
+from debias_jax.analysis import exact_denoiser
 from debias_jax.analysis import plots
 from debias_jax.data import pipeline
-from debias_jax.diffusion import samplers
 
 ANALYSIS_KEY = 0xB1A5
 STRIP_IMAGES = 16            # images per row of the samples-vs-steps strip
-
-
-def _positive(value, field: str) -> int:
-  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-    raise config_checks.ConfigError(f"config.analysis.{field} must be a positive integer, got {value!r}.")
-  return int(value)
-
-
-def check_analysis_config(config, num_devices: int) -> None:
-  """Raises ConfigError naming the first bad config.analysis field (before any compute)."""
-  a = config.analysis
-  for field in ("num_examples", "num_buckets", "batch_size", "num_samples"):
-    _positive(a[field], field)
-  if a.batch_size % num_devices:
-    raise config_checks.ConfigError(f"config.analysis.batch_size={a.batch_size} is not divisible by the "
-                                    f"{num_devices} devices; use a multiple of {num_devices}.")
-  if a.bucket_by not in bias.BUCKET_KINDS:
-    raise config_checks.ConfigError(f"config.analysis.bucket_by={a.bucket_by!r} is not valid; choose one of: "
-                                    f"{', '.join(bias.BUCKET_KINDS)}.")
-  schedule = builders.schedule(config)
-  if a.num_buckets > schedule.num_steps:
-    raise config_checks.ConfigError(f"config.analysis.num_buckets={a.num_buckets} exceeds the "
-                                    f"{schedule.num_steps} timesteps.")
-  for name in a.samplers:
-    if name not in samplers.sampler_names():
-      raise config_checks.ConfigError(f"config.analysis.samplers has {name!r}; valid samplers: "
-                                      f"{', '.join(samplers.sampler_names())}.")
-    for steps in a.sampling_steps:
-      try:
-        generation.make_sampler(config, schedule, name, str(steps))
-      except (ValueError, TypeError) as e:
-        raise config_checks.ConfigError(f"config.analysis.sampling_steps has {steps!r}, which sampler {name!r} "
-                                        f"cannot take: {e}") from e
 
 
 def _process_slice(array: np.ndarray) -> np.ndarray:
@@ -93,7 +59,7 @@ def _fetch(x) -> np.ndarray:
   return np.asarray(jax.device_get(x))
 
 
-class _Study:
+class _AnalysisRun:
   """The pieces of one analysis run: model, params, schedule, data statistics and the sharded programs."""
 
   def __init__(self, config, restored: checkpointing.Restored):
@@ -103,11 +69,11 @@ class _Study:
     self.schedule = builders.schedule(config)
     self.target = config.loss.target
     self.learn_sigma = bool(config.model.learn_sigma)
-    self.num_classes = int(config.data.get("num_classes", 0))
+    self.num_classes = int(config.data.num_classes)
     self.image_shape = (int(config.data.image_size),) * 2 + (int(config.data.channels),)
-    is_gmm = config.data.get("source", "embedded") == "embedded" and config.data.name == "gmm"
+    is_gmm = config.data.source == "embedded" and config.data.name == "gmm"
     self.mixture = pipeline.get_gmm(config.data) if is_gmm else None
-    self.reference_fn = (gmm_analysis.posterior_mean_fn(self.mixture, self.schedule) if self.mixture is not None
+    self.reference_fn = (exact_denoiser.posterior_mean_fn(self.mixture, self.schedule) if self.mixture is not None
                          else None)
     self.rng = jax.random.fold_in(jax.random.key(int(config.seed)), ANALYSIS_KEY)
     self.batch = parallel.batch_sharding(self.mesh)
@@ -208,12 +174,12 @@ class _Study:
         row = {"sampler": name, "steps": int(steps), "seconds": round(time.time() - start, 3),
                **color.color_shift_from_means(color.channel_means(images), data["channel_means"])}
         if self.mixture is not None:
-          row.update(gmm_analysis.sample_quality(self.mixture, images, data["images"]))
+          row.update(exact_denoiser.sample_quality(self.mixture, images, data["images"]))
           exact = self._exact_samples(name, steps)
           exact_results[name].append({"sampler": name, "steps": int(steps),
                                       **color.color_shift_from_means(color.channel_means(exact),
                                                                      data["channel_means"]),
-                                      **gmm_analysis.sample_quality(self.mixture, exact, data["images"])})
+                                      **exact_denoiser.sample_quality(self.mixture, exact, data["images"])})
         results[name].append(row)
         strip.append(pixels.to_uint8(images[:STRIP_IMAGES]))
         logging.info("Colour shift, %s with %s steps: %s", name, steps,
@@ -226,7 +192,7 @@ class _Study:
 
   def _exact_samples(self, name: str, steps) -> np.ndarray:
     """Samples of the exact denoiser of the mixture, with the same sampler settings as the model's."""
-    exact = gmm_analysis.exact_model_fn(self.mixture, self.schedule, self.target)
+    exact = exact_denoiser.exact_model_fn(self.mixture, self.schedule, self.target)
     if self.learn_sigma:   # the variance channel at -1 means the posterior variance (fixed_small) for DDPM
       model_fn = lambda x, t: jnp.concatenate([exact(x, t), -jnp.ones_like(x)], axis=-1)
     else:
@@ -289,63 +255,85 @@ def _scalars(result: dict) -> dict[str, float]:
   return out
 
 
+def _measure(run: _AnalysisRun, writer) -> tuple[dict, dict]:
+  """The three parts of the study in turn: (their results, the seconds each took)."""
+  seconds, parts = {}, {}
+  start = time.time()
+  parts["x0_error"], parts["data"] = run.x0_errors()
+  seconds["x0_error"] = time.time() - start
+  start = time.time()
+  parts["first_step"] = run.first_step(parts["data"])
+  seconds["first_step"] = time.time() - start
+  start = time.time()
+  parts["shifts"], parts["exact_shifts"], parts["strips"] = run.color_shift(parts["data"], writer)
+  seconds["color_shift"] = time.time() - start
+  return parts, seconds
+
+
+def _result(config, workdir: str, run: _AnalysisRun, parts: dict, seconds: dict) -> dict[str, Any]:
+  """The JSON record of the study (without its figures' paths), with its headline summary."""
+  d, loss, restored = config.data, config.loss, run.restored
+  result = {
+      "checkpoint_step": restored.step, "params": restored.params_name, "workdir": str(storage.absolute(workdir)),
+      "data": {"source": d.source, "name": d.name, "split": d.split, "image_shape": list(run.image_shape),
+               "num_examples": parts["data"]["num_examples"]},
+      "model": {"target": loss.target, "weighting": loss.weighting, "schedule": config.diffusion.schedule,
+                "num_timesteps": int(config.diffusion.num_timesteps), "learn_sigma": run.learn_sigma},
+      "x0_error": parts["x0_error"],
+      "first_step": parts["first_step"],
+      "color_shift": {"units": "0-255", "data": color.color_stats_from_means(parts["data"]["channel_means"]),
+                      "num_samples": int(config.analysis.num_samples), "clip_x0": bool(config.sampling.clip_x0),
+                      "samplers": parts["shifts"]},
+      "seconds": {k: round(v, 2) for k, v in seconds.items()},
+  }
+  if parts["exact_shifts"]:
+    result["color_shift"]["exact_denoiser"] = parts["exact_shifts"]
+  result["summary"] = summarize(result)
+  return result
+
+
+def _figures(config, run: _AnalysisRun, parts: dict) -> dict[str, np.ndarray]:
+  """The study's figures as images: x0 error and signed error per bucket, colour shift, sample strips."""
+  x0_error, restored = parts["x0_error"], run.restored
+  title = f"{config.loss.weighting} ({config.loss.target}), step {restored.step}, {restored.params_name}"
+  curves = dict(parts["shifts"])
+  curves.update({f"{k} (exact denoiser)": v for k, v in parts["exact_shifts"].items()})
+  figures = {"x0_error": plots.x0_error_figure(x0_error["buckets"], title, x0_error["data_variance"]),
+             "signed_error": plots.signed_error_figure(x0_error["buckets"], title),
+             "color_shift": plots.color_shift_figure(curves, title)}
+  for name, strip in parts["strips"].items():
+    figures[f"samples_{name}"] = pixels.image_grid(strip, columns=STRIP_IMAGES)
+  return figures
+
+
+def _save_figures(figures: dict[str, np.ndarray], stem: str, image_size: int) -> dict[str, str]:
+  """Writes each figure to STEM_NAME.png (sample strips enlarged to about 64 px per image); returns the paths."""
+  paths = {}
+  for name, image in figures.items():
+    path = f"{stem}_{name}.png"
+    upscale = max(1, 64 // image_size) if name.startswith("samples_") else 1
+    pixels.save_png(path, image, upscale=upscale)
+    paths[name] = path
+  return paths
+
+
 def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the study on config.analysis.checkpoint_step of `workdir`; returns what it writes to the JSON file."""
   config_checks.validate(config)
   mesh = parallel.create_mesh()
-  check_analysis_config(config, mesh.devices.size)
+  config_checks.check_analysis_config(config, mesh.devices.size)
   restored = checkpointing.restore_params(config, workdir, int(config.analysis.checkpoint_step),
                                           bool(config.sampling.use_ema), mesh)
-  study = _Study(config, restored)
+  run = _AnalysisRun(config, restored)
   out_dir = epath.Path(workdir) / "analysis"
   writer = summaries.create_writer(out_dir, is_main=jax.process_index() == 0)
-  seconds = {}
   logging.info("Analysing %s of step %d in %s.", restored.params_name, restored.step, workdir)
-
-  start = time.time()
-  x0_error, data = study.x0_errors()
-  seconds["x0_error"] = time.time() - start
-  start = time.time()
-  first_step = study.first_step(data)
-  seconds["first_step"] = time.time() - start
-  start = time.time()
-  shifts, exact_shifts, strips = study.color_shift(data, writer)
-  seconds["color_shift"] = time.time() - start
-
-  d, loss = config.data, config.loss
-  result = {
-      "checkpoint_step": restored.step, "params": restored.params_name, "workdir": str(storage.absolute(workdir)),
-      "data": {"source": d.get("source", "embedded"), "name": d.name, "split": d.get("split", "train"),
-               "image_shape": list(study.image_shape), "num_examples": data["num_examples"]},
-      "model": {"target": loss.target, "weighting": loss.weighting, "schedule": config.diffusion.schedule,
-                "num_timesteps": int(config.diffusion.num_timesteps), "learn_sigma": study.learn_sigma},
-      "x0_error": x0_error,
-      "first_step": first_step,
-      "color_shift": {"units": "0-255", "data": color.color_stats_from_means(data["channel_means"]),
-                      "num_samples": int(config.analysis.num_samples), "clip_x0": bool(config.sampling.clip_x0),
-                      "samplers": shifts},
-      "seconds": {k: round(v, 2) for k, v in seconds.items()},
-  }
-  if exact_shifts:
-    result["color_shift"]["exact_denoiser"] = exact_shifts
-  result["summary"] = summarize(result)
-
+  parts, seconds = _measure(run, writer)
+  result = _result(config, workdir, run, parts, seconds)
+  figures = _figures(config, run, parts)
   stem = str(out_dir / f"step_{restored.step:08d}")
-  title = f"{loss.weighting} ({loss.target}), step {restored.step}, {restored.params_name}"
-  curves = dict(shifts)
-  curves.update({f"{k} (exact denoiser)": v for k, v in exact_shifts.items()})
-  figures = {"x0_error": plots.x0_error_figure(x0_error["buckets"], title, x0_error["data_variance"]),
-             "signed_error": plots.signed_error_figure(x0_error["buckets"], title),
-             "color_shift": plots.color_shift_figure(curves, title)}
-  for name, strip in strips.items():
-    figures[f"samples_{name}"] = pixels.image_grid(strip, columns=STRIP_IMAGES)
   if jax.process_index() == 0:
-    result["figures"] = {}
-    for name, image in figures.items():
-      path = f"{stem}_{name}.png"
-      upscale = max(1, 64 // int(config.data.image_size)) if name.startswith("samples_") else 1
-      pixels.save_png(path, image, upscale=upscale)
-      result["figures"][name] = path
+    result["figures"] = _save_figures(figures, stem, int(config.data.image_size))
     storage.write_json(stem + ".json", result)
   writer.write_scalars(restored.step, _scalars(result))
   writer.write_images(restored.step, {name: image[None] for name, image in figures.items()})

@@ -64,6 +64,8 @@ def get_config():
   loss.min_snr_gamma = 5.0
   loss.snr_clamp = 0.0            # > 0: weights see SNR clipped to [1/clamp, clamp]
   loss.normalize_weights = False  # scale eps-space weights to mean 1 over t (the authors did not)
+  loss.t_sampling = "uniform"     # uniform | importance: t drawn in proportion to the eps-space weight and the
+                                  # loss divided by T q(t), the same objective with another gradient variance
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.learning_rate = 5e-4

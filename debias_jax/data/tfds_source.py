@@ -87,10 +87,10 @@ def check_prepared(data_config) -> None:
 
   Cheap (a directory listing), so entry points call it first; TfdsSource still checks the exact version.
   """
-  get = data_config.get
-  if get("source", "embedded") != "tfds" or get("tfds_prepare", False) or not get("name", ""):
+  d = data_config
+  if d.source != "tfds" or d.tfds_prepare or not d.name:
     return
-  name, data_dir = get("name"), get("data_dir", "") or default_data_dir()
+  name, data_dir = d.name, d.data_dir or default_data_dir()
   dataset_dir = epath.Path(data_dir) / name.split(":")[0].split("/")[0]    # NAME[/CONFIG][:VERSION]
   if not any(next(dataset_dir.glob(pattern), None) for pattern in ("*/dataset_info.json", "*/*/dataset_info.json")):
     raise _not_prepared(name, data_dir, f"{dataset_dir}/[CONFIG/]VERSION")
@@ -152,6 +152,41 @@ def prepare(tfds, name: str, data_dir: str) -> list[str]:
   return ["built"] if built else []
 
 
+def _open_builder(tfds, name: str, data_dir: str, prepare_missing: bool):
+  """The dataset's builder in data_dir, prepared first if asked; a clear error if unknown or not prepared."""
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"data.name={name!r} is not a TFDS dataset known to this tensorflow-datasets install, "
+                     f"nor found in data.data_dir={data_dir!r}. See `tfds.list_builders()` for valid names.") from e
+  if prepare_missing and (_process_count() > 1 or not builder.is_prepared()):   # collective when multi-host
+    prepare(tfds, name, data_dir)
+    builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    raise _not_prepared(name, data_dir, builder.data_dir)
+  return builder
+
+
+def _check_features(tfds, info, name: str, split: str, image_key: str, channels: int) -> None:
+  """The image feature is uint8 with data.channels channels, and the split exists."""
+  features = info.features
+  if image_key not in features:
+    raise ValueError(f"TFDS dataset {name!r} has no feature {image_key!r} (data.image_key); its features are "
+                     f"{sorted(features.keys())}.")
+  image_feature = features[image_key]
+  if not isinstance(image_feature, tfds.features.Image):
+    raise ValueError(f"Feature {image_key!r} of {name!r} is a {type(image_feature).__name__}, not an Image.")
+  if np.dtype(image_feature.np_dtype) != np.uint8:
+    raise ValueError(f"Only uint8 images are supported; {name!r}/{image_key} is {image_feature.np_dtype}.")
+  if image_feature.shape[-1] != channels:
+    raise ValueError(f"data.channels={channels}, but {name!r} has {image_feature.shape[-1]}-channel images; "
+                     f"set data.channels={image_feature.shape[-1]}.")
+  valid_splits = sorted(info.splits.keys())
+  if _base_split_names(split) - set(valid_splits):
+    raise ValueError(f"data.split={split!r} is not a split of {name!r}; valid: {', '.join(valid_splits)} "
+                     "(TFDS slicing such as 'train[:90%]' is allowed).")
+
+
 class TfdsSource(base.Source):
   """A split of a prepared TFDS image dataset, ADM-resized to image_size when its images differ in size."""
 
@@ -164,37 +199,13 @@ class TfdsSource(base.Source):
     if not data_dir:
       data_dir = default_data_dir()
       logging.info("tfds: data.data_dir is empty; using tfds's default data_dir %s.", data_dir)
-    try:
-      builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as e:
-      raise ValueError(f"data.name={name!r} is not a TFDS dataset known to this tensorflow-datasets install, "
-                       f"nor found in data.data_dir={data_dir!r}. See `tfds.list_builders()` for valid names.") from e
-    if prepare_missing and (_process_count() > 1 or not builder.is_prepared()):   # collective when multi-host
-      prepare(tfds, name, data_dir)
-      builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
-      raise _not_prepared(name, data_dir, builder.data_dir)
+    builder = _open_builder(tfds, name, data_dir, prepare_missing)
     info = builder.info
-    features = info.features
-    if image_key not in features:
-      raise ValueError(f"TFDS dataset {name!r} has no feature {image_key!r} (data.image_key); its features are "
-                       f"{sorted(features.keys())}.")
-    image_feature = features[image_key]
-    if not isinstance(image_feature, tfds.features.Image):
-      raise ValueError(f"Feature {image_key!r} of {name!r} is a {type(image_feature).__name__}, not an Image.")
-    if np.dtype(image_feature.np_dtype) != np.uint8:
-      raise ValueError(f"Only uint8 images are supported; {name!r}/{image_key} is {image_feature.np_dtype}.")
-    if image_feature.shape[-1] != channels:
-      raise ValueError(f"data.channels={channels}, but {name!r} has {image_feature.shape[-1]}-channel images; "
-                       f"set data.channels={image_feature.shape[-1]}.")
-    valid_splits = sorted(info.splits.keys())
-    if _base_split_names(split) - set(valid_splits):
-      raise ValueError(f"data.split={split!r} is not a split of {name!r}; valid: {', '.join(valid_splits)} "
-                       "(TFDS slicing such as 'train[:90%]' is allowed).")
+    _check_features(tfds, info, name, split, image_key, channels)
     self.name, self.split, self.image_key = name, split, image_key
     self.image_shape = (image_size, image_size, channels)
     self.num_examples = int(info.splits[split].num_examples)
-    label_feature = features[label_key] if label_key in features else None
+    label_feature = info.features[label_key] if label_key in info.features else None
     if isinstance(label_feature, tfds.features.ClassLabel):
       self.label_key, self.num_classes, self.label_names = label_key, label_feature.num_classes, label_feature.names
     else:
@@ -204,27 +215,35 @@ class TfdsSource(base.Source):
       access = "random_access" if random_access else "in_memory"
     self.access = access
     if access == "random_access":
-      try:
-        self._data = builder.as_data_source(split)
-      except NotImplementedError as e:
-        raise ValueError(
-            f"data.tfds_access='random_access', but {name!r} in {builder.data_dir} is stored as "
-            f"{sorted(f.value for f in info.available_file_formats())}. Convert it with\n"
-            f"  tfds convert_format --dataset_version_dir={builder.data_dir} --out_file_format=array_record\n"
-            "or set data.tfds_access='auto'.") from e
-      self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1),
-                                                         thread_name_prefix="tfds_read")
-      self.lazy = True
+      self._open_random_access(builder)
     else:
-      nbytes = self.num_examples * math.prod(self.image_shape)
-      if nbytes > max_in_memory_gb * 2**30:
-        raise ValueError(
-            f"TFDS dataset {name!r} split {split!r} needs {nbytes / 2**30:.1f} GiB in memory, more than "
-            f"data.tfds_max_in_memory_gb={max_in_memory_gb}. Give it random access instead: convert it with\n"
-            f"  tfds convert_format --dataset_version_dir={builder.data_dir} --out_file_format=array_record\n"
-            "or raise data.tfds_max_in_memory_gb.")
-      self._images, self._labels = self._load_in_memory(builder)
-      self.lazy = False
+      self._open_in_memory(builder, max_in_memory_gb)
+
+  def _open_random_access(self, builder) -> None:
+    """Reads records by index from the array_record files, decoding in a thread pool."""
+    try:
+      self._data = builder.as_data_source(self.split)
+    except NotImplementedError as e:
+      raise ValueError(
+          f"data.tfds_access='random_access', but {self.name!r} in {builder.data_dir} is stored as "
+          f"{sorted(f.value for f in builder.info.available_file_formats())}. Convert it with\n"
+          f"  tfds convert_format --dataset_version_dir={builder.data_dir} --out_file_format=array_record\n"
+          "or set data.tfds_access='auto'.") from e
+    self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1),
+                                                       thread_name_prefix="tfds_read")
+    self.lazy = True
+
+  def _open_in_memory(self, builder, max_in_memory_gb: float) -> None:
+    """Loads the whole split as uint8, if it fits in data.tfds_max_in_memory_gb."""
+    nbytes = self.num_examples * math.prod(self.image_shape)
+    if nbytes > max_in_memory_gb * 2**30:
+      raise ValueError(
+          f"TFDS dataset {self.name!r} split {self.split!r} needs {nbytes / 2**30:.1f} GiB in memory, more than "
+          f"data.tfds_max_in_memory_gb={max_in_memory_gb}. Give it random access instead: convert it with\n"
+          f"  tfds convert_format --dataset_version_dir={builder.data_dir} --out_file_format=array_record\n"
+          "or raise data.tfds_max_in_memory_gb.")
+    self._images, self._labels = self._load_in_memory(builder)
+    self.lazy = False
 
   def _load_in_memory(self, builder):
     logging.info("tfds: loading %s[%s] (%d examples) into memory.", self.name, self.split, self.num_examples)

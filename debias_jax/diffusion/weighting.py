@@ -14,6 +14,15 @@ from debias_jax.diffusion.schedules import Schedule
 from debias_jax.diffusion.targets import check_target
 
 WEIGHTINGS = ("constant", "debias", "snr", "p2", "min_snr")
+# Each weighting written as a function of SNR (k = p2_k, γ = p2_gamma or min_snr_gamma), for reports: "eps" is
+# `eps_space_weight`, "x0" the equal weight on the x0-MSE (times SNR, `eps_to_target_factor`).
+FORMULAS = {
+    "constant": {"eps": "1", "x0": "SNR"},
+    "debias": {"eps": "1/√SNR", "x0": "√SNR"},
+    "snr": {"eps": "1/SNR", "x0": "1"},
+    "p2": {"eps": "1/(k+SNR)^γ", "x0": "SNR/(k+SNR)^γ"},
+    "min_snr": {"eps": "min(SNR,γ)/SNR", "x0": "min(SNR,γ)"},
+}
 
 
 def eps_space_weight(name: str, snr: np.ndarray, *, p2_k: float = 1.0, p2_gamma: float = 1.0,

@@ -45,8 +45,8 @@ from debias_jax import config_checks
 from debias_jax import config_files
 from debias_jax import jsonl
 from debias_jax import logs
-from debias_jax import preemption
 from debias_jax import pixels
+from debias_jax import preemption
 from debias_jax import runtime
 from debias_jax import storage
 from debias_jax import train
@@ -56,28 +56,6 @@ from debias_jax.evaluation import features
 from debias_jax.experiments import plan
 from debias_jax.experiments import report
 from debias_jax.modes import evaluate as eval_mode
-
-
-def validate_study(config) -> None:
-  """Raises ConfigError naming the first bad field, before any compute."""
-  if "compare" not in config:
-    raise config_checks.ConfigError("The config has no compare section; use a configs/compare/*.py preset.")
-  arms = plan.study_arms(config)
-  plan.final_step(config)
-  if (features.resolve_feature_space(config.eval, config.data) == "inception" and
-      not config.eval.get("inception_weights", "")):
-    raise config_checks.ConfigError("config.eval.feature_space is inception but config.eval.inception_weights is "
-                                    "empty; pass --config.eval.inception_weights=/path/to/the FID Inception-v3 "
-                                    "weights (see debias_jax/evaluation/inception.py), or set feature_space.")
-  name, steps = plan.eval_sampler(config)
-  sweep = tuple(config.compare.sweep)
-  for entry in sweep:
-    plan.parse_sampler(entry, "sweep")
-  for arm in {a.target: a for a in arms}.values():   # samplers depend on the target only
-    c = plan.arm_config(config, arm)
-    config_checks.validate(c)
-    c.eval.sampler_steps = (f"{name}:{steps}",) + sweep
-    eval_mode.check_sampler_steps(c)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -162,7 +140,7 @@ def evaluate_iterations(config, workdir: str, arm: plan.Arm) -> None:
   steps = plan.checkpoint_steps(config)
   with timed(workdir, "iterations", arm.name) as info:
     info["skipped"] = not _evaluate(c, directory, steps, (entry,))
-  offset = int(config.compare.get("second_seed_offset", 0))
+  offset = int(config.compare.second_seed_offset)
   if offset:
     c2 = copy.deepcopy(c)
     c2.seed = int(c.seed) + offset
@@ -278,7 +256,7 @@ PHASES = ("train", "iterations", "exact", "steps", "analysis", "floor")
 
 def run_study(config, workdir: str, *, command: str = "", phases: tuple[str, ...] = PHASES) -> str:
   """Runs (or resumes) one study in workdir and writes its REPORT.md; returns the report's path."""
-  validate_study(config)
+  config_checks.validate_study(config)
   arms = plan.study_arms(config)
   for arm in arms:   # before anything is written: a refused study leaves the saved one as it was
     check_same_training(plan.arm_config(config, arm), plan.arm_dir(workdir, arm))

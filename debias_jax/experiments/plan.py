@@ -12,7 +12,7 @@ import dataclasses
 from etils import epath
 import ml_collections
 
-from debias_jax import config_checks
+from debias_jax import errors
 from debias_jax import generation
 from debias_jax.diffusion import targets
 from debias_jax.diffusion import weighting
@@ -60,24 +60,21 @@ def parse_arm(spec: str) -> Arm:
   name, sep, target = spec.partition("@")
   if sep and name in weighting.WEIGHTINGS and target in targets.TARGETS:
     return Arm(spec, target, name)
-  raise config_checks.ConfigError(
+  raise errors.ConfigError(
       f"config.compare.arms has {spec!r}; use one of {', '.join(ARMS)} or 'weighting@target' with a weighting in "
       f"{', '.join(weighting.WEIGHTINGS)} and a target in {', '.join(targets.TARGETS)} (e.g. 'constant@v').")
 
 
 def parse_sampler(entry: str, field: str) -> tuple[str, str]:
-  try:
-    return generation.parse_sampler_steps(entry, f"compare.{field}")
-  except ValueError as e:
-    raise config_checks.ConfigError(str(e)) from e
+  return generation.parse_sampler_steps(entry, f"compare.{field}")
 
 
 def study_arms(config) -> list[Arm]:
   arms = [parse_arm(a) for a in config.compare.arms]
   names = [a.name for a in arms]
   if not arms or len(set(names)) != len(names):
-    raise config_checks.ConfigError(f"config.compare.arms={tuple(config.compare.arms)} must name at least one arm, "
-                                    f"each once.")
+    raise errors.ConfigError(f"config.compare.arms={tuple(config.compare.arms)} must name at least one arm, "
+                             f"each once.")
   return arms
 
 
@@ -86,39 +83,39 @@ def checkpoint_steps(config) -> list[int]:
   n, total = int(config.compare.num_checkpoints), int(config.train.num_steps)
   per_call = int(config.train.steps_per_call)
   if n < 1 or total % n:
-    raise config_checks.ConfigError(f"config.compare.num_checkpoints={n} must be >= 1 and divide "
-                                    f"config.train.num_steps={total}.")
+    raise errors.ConfigError(f"config.compare.num_checkpoints={n} must be >= 1 and divide "
+                             f"config.train.num_steps={total}.")
   every = total // n
   if every % per_call:
-    raise config_checks.ConfigError(f"The checkpoint interval {every} (train.num_steps / compare.num_checkpoints) "
-                                    f"is not a multiple of train.steps_per_call={per_call}.")
+    raise errors.ConfigError(f"The checkpoint interval {every} (train.num_steps / compare.num_checkpoints) "
+                             f"is not a multiple of train.steps_per_call={per_call}.")
   return [every * (i + 1) for i in range(n)]
 
 
 def final_step(config) -> int:
   """The checkpoint of the sampling-steps sweep, the second sample seed and the bias analysis (default: the last)."""
   steps = checkpoint_steps(config)
-  step = int(config.compare.get("final_step", 0)) or steps[-1]
+  step = int(config.compare.final_step) or steps[-1]
   if step not in steps:
-    raise config_checks.ConfigError(f"config.compare.final_step={step} is not one of the checkpoints {steps} "
-                                    f"(0 = the last).")
+    raise errors.ConfigError(f"config.compare.final_step={step} is not one of the checkpoints {steps} "
+                             f"(0 = the last).")
   return step
 
 
 def is_exact_dataset(config) -> bool:
-  return config.data.get("source", "embedded") == "embedded" and config.data.name == EXACT_DATASET
+  return config.data.source == "embedded" and config.data.name == EXACT_DATASET
 
 
 def exact_every_checkpoint(config) -> bool:
   """Whether the exact bias study runs at every checkpoint (gmm only: it needs the known mixture)."""
-  return is_exact_dataset(config) and bool(config.compare.get("exact_every_checkpoint", False))
+  return is_exact_dataset(config) and bool(config.compare.exact_every_checkpoint)
 
 
 def eval_sampler(config) -> tuple[str, str]:
   name, steps = parse_sampler(config.compare.eval_sampler, "eval_sampler")
   if not steps.isdigit():
-    raise config_checks.ConfigError(f"config.compare.eval_sampler={config.compare.eval_sampler!r}: the steps must "
-                                    f"be a plain number (the bias study takes it as one).")
+    raise errors.ConfigError(f"config.compare.eval_sampler={config.compare.eval_sampler!r}: the steps must "
+                             f"be a plain number (the bias study takes it as one).")
   return name, steps
 
 

@@ -24,6 +24,7 @@ from debias_jax import pixels
 from debias_jax import storage
 from debias_jax.analysis import plots
 from debias_jax.analysis import study as analysis_study
+from debias_jax.diffusion import weighting
 from debias_jax.experiments import plan
 
 FIGURES_DIR = "figures"
@@ -33,9 +34,6 @@ DASH = "—"
 HIGH_NOISE_SNR = analysis_study.HIGH_NOISE_SNR
 LOW_NOISE_SNR = analysis_study.LOW_NOISE_SNR
 FEW_STEPS = analysis_study.FEW_STEPS
-# Weights in eps-space and x0-space (diffusion/weighting.py), for the arms' descriptions.
-EPS_WEIGHT = {"constant": "1", "debias": "1/√SNR", "snr": "1/SNR", "p2": "1/(k+SNR)^γ", "min_snr": "min(SNR,γ)/SNR"}
-X0_WEIGHT = {"constant": "SNR", "debias": "√SNR", "snr": "1", "p2": "SNR/(k+SNR)^γ", "min_snr": "min(SNR,γ)"}
 ARM_NOTES = {
     "x0": "the standard x0 objective (unweighted x0-MSE)",
     "v": "the debias objective trained in v form: same x0-space weight as `debias`, other network output",
@@ -85,7 +83,7 @@ def rms(values) -> float | None:
 # Loading what the phases saved.
 
 
-class Study:
+class StudyResults:
   """Every saved result of one study, indexed for the tables."""
 
   def __init__(self, config, workdir: str):
@@ -99,7 +97,7 @@ class Study:
     self.sweep = [plan.parse_sampler(e, "sweep") for e in config.compare.sweep]
     self.num_samples = int(config.eval.num_samples)
     self.seed = int(config.seed)
-    self.second_seed = self.seed + int(config.compare.get("second_seed_offset", 0))
+    self.second_seed = self.seed + int(config.compare.second_seed_offset)
     self.feature_space = features.resolve_feature_space(config.eval, config.data)
     self.exact = plan.is_exact_dataset(config)
     self.channels = int(config.data.channels)
@@ -179,7 +177,7 @@ class Study:
 # Figures.
 
 
-def _save(study: Study, name: str, figure: Figure) -> str:
+def _save(study: StudyResults, name: str, figure: Figure) -> str:
   pixels.save_png(epath.Path(study.workdir, FIGURES_DIR, name), plots.render(figure))
   return f"{FIGURES_DIR}/{name}"
 
@@ -188,7 +186,7 @@ def _arm_style(k: int) -> dict:
   return {"color": f"C{k}", "marker": "os^vD<>p"[k % 8]}
 
 
-def figure_iterations(study: Study) -> str | None:
+def figure_iterations(study: StudyResults) -> str | None:
   panels = [("fid", f"Fréchet distance ({study.feature_space})", lambda a, s: study.eval_fd(a, s))]
   if study.exact:
     panels.append(("mmd", "exact MMD² to the mixture", lambda a, s: (study.color_row(a, study.eval_name,
@@ -219,7 +217,7 @@ def figure_iterations(study: Study) -> str | None:
   return _save(study, "metric_vs_iterations.png", figure)
 
 
-def figure_steps(study: Study) -> str | None:
+def figure_steps(study: StudyResults) -> str | None:
   samplers = list(dict.fromkeys(name for name, _ in study.sweep))
   if not samplers:
     return None
@@ -247,7 +245,7 @@ def figure_steps(study: Study) -> str | None:
   return _save(study, "metric_vs_steps.png", figure)
 
 
-def figure_x0_error(study: Study) -> str | None:
+def figure_x0_error(study: StudyResults) -> str | None:
   keys = [("x0_mse", "E|x̂0 − x0|² per pixel")]
   if study.exact:
     keys.append(("bias_mse", "exact bias E|x̂0 − E[x0|xt]|² per pixel"))
@@ -291,7 +289,7 @@ def figure_x0_error(study: Study) -> str | None:
   return _save(study, "x0_error.png", figure)
 
 
-def figure_color(study: Study, samplers: Sequence[str]) -> str | None:
+def figure_color(study: StudyResults, samplers: Sequence[str]) -> str | None:
   figure = Figure(figsize=(5 * len(samplers), 4), dpi=100)
   axes = np.atleast_1d(figure.subplots(1, len(samplers)))
   drawn = False
@@ -324,16 +322,17 @@ def figure_color(study: Study, samplers: Sequence[str]) -> str | None:
 # Sections.
 
 
-def _arms_section(study: Study) -> str:
+def _arms_section(study: StudyResults) -> str:
   rows = []
   for arm in study.arms:
     options = ", ".join(f"{k}={v:g}" for k, v in arm.options)
     rows.append([f"`{arm.name}`", arm.target, arm.weighting + (f" ({options})" if options else ""),
-                 EPS_WEIGHT[arm.weighting], X0_WEIGHT[arm.weighting], ARM_NOTES.get(arm.name, "")])
+                 weighting.FORMULAS[arm.weighting]["eps"], weighting.FORMULAS[arm.weighting]["x0"],
+                 ARM_NOTES.get(arm.name, "")])
   return markdown_table(["arm", "target", "weighting", "ε-space weight", "x0-space weight", "note"], rows)
 
 
-def iterations_tables(study: Study) -> list[str]:
+def iterations_tables(study: StudyResults) -> list[str]:
   header = ["iterations"] + study.names
   rows = [_row_with_best(str(s), [study.eval_fd(n, s) for n in study.names]) for s in study.steps]
   if study.second_seed != study.seed:
@@ -355,7 +354,7 @@ def iterations_tables(study: Study) -> list[str]:
   return out
 
 
-def steps_table(study: Study) -> str | None:
+def steps_table(study: StudyResults) -> str | None:
   if not study.sweep:
     return None
   rows = [_row_with_best(f"{s} {n}", [study.metric(name, study.last, s, n) for name in study.names])
@@ -365,7 +364,7 @@ def steps_table(study: Study) -> str | None:
           markdown_table(["sampler, steps"] + study.names, rows))
 
 
-def x0_error_tables(study: Study) -> list[str]:
+def x0_error_tables(study: StudyResults) -> list[str]:
   base = next((study.buckets(n) for n in study.names if study.buckets(n)), None)
   if base is None:
     return [f"No bias analysis at step {study.last} yet."]
@@ -398,7 +397,7 @@ def x0_error_tables(study: Study) -> list[str]:
   return out
 
 
-def color_tables(study: Study, samplers: Sequence[str]) -> list[str]:
+def color_tables(study: StudyResults, samplers: Sequence[str]) -> list[str]:
   out = []
   unit = "brightness" if study.channels == 1 else "per-channel (" + "/".join("RGB"[:study.channels]) + ")"
   for sampler in samplers:
@@ -435,92 +434,125 @@ def direction(a: float, b: float, tolerance: float = 0.01) -> str:
   return "agrees" if a < b else "does not agree"
 
 
-def verdicts(study: Study) -> list[list[str]]:
-  """[claim, paper, measured, verdict] rows, computed from the numbers."""
+def _training_efficiency(study: StudyResults, noise: float | None) -> list[str] | None:
+  """debias against constant at every checkpoint of the training run."""
+  pairs = [(s, study.eval_fd("debias", s), study.eval_fd("constant", s)) for s in study.steps]
+  pairs = [(s, d, c) for s, d, c in pairs if d is not None and c is not None]
+  if not pairs:
+    return None
+  lower = sum(d < c for _, d, c in pairs)
+  beyond = sum(c - d > (noise or 0.0) for _, d, c in pairs)
+  _, d_last, c_last = pairs[-1]
+  reach = next((s for s, d, _ in pairs if d <= c_last), None)
+  measured = (f"debias lower at {lower} of {len(pairs)} checkpoints ({beyond} by more than the noise); last: "
+              f"{fmt(d_last)} vs {fmt(c_last)}; debias reaches constant's final FD "
+              + (f"at step {reach} ({100 * reach / study.steps[-1]:.0f}% of the budget)" if reach is not None
+                 else "at no checkpoint"))
+  verdict = ("agrees" if beyond > len(pairs) / 2 and c_last - d_last > (noise or 0.0) else
+             "within noise" if abs(c_last - d_last) <= (noise or 0.0) else "does not agree")
+  return ["training efficiency: debias < constant at equal iterations",
+          "FID lower at every checkpoint; debias at ≈40% of the iterations matches constant at 100%",
+          measured, verdict]
+
+
+def _sampling_efficiency(study: StudyResults, noise: float | None) -> list[str] | None:
+  """debias against constant at every sampler setting of the sweep, on the last checkpoint."""
+  sweep = [(s, n, study.metric("debias", study.last, s, n), study.metric("constant", study.last, s, n))
+           for s, n in study.sweep]
+  sweep = [x for x in sweep if x[2] is not None and x[3] is not None]
+  if not sweep:
+    return None
+  lower = sum(d < c for *_, d, c in sweep)
+  beyond = sum(c - d > (noise or 0.0) for *_, d, c in sweep)
+  fewest = min(sweep, key=lambda x: int(x[1]))
+  measured = (f"debias lower at {lower} of {len(sweep)} sampler settings ({beyond} by more than the noise); "
+              f"fewest steps ({fewest[0]} {fewest[1]}): {fmt(fewest[2])} vs {fmt(fewest[3])}")
+  verdict = "agrees" if beyond > len(sweep) / 2 else ("does not agree" if lower < len(sweep) / 2
+                                                      else "within noise")
+  return ["sampling efficiency: debias < constant at every number of steps",
+          "FID lower at 20–1000 steps, most at few steps", measured, verdict]
+
+
+def _ranking(study: StudyResults) -> list[str] | None:
+  """The order of the eps weightings by the metric at the last checkpoint."""
+  weightings = [n for n in ("constant", "p2", "min_snr", "debias") if n in study.names]
+  values = {n: study.eval_fd(n, study.last) for n in weightings}
+  if len(weightings) < 3 or any(v is None for v in values.values()):
+    return None
+  order = sorted(values, key=values.get)
+  measured = " < ".join(f"{n} ({fmt(values[n])})" for n in order)
+  verdict = ("agrees" if order[0] == "debias" and order[-1] == "constant" else
+             "partly" if order[0] == "debias" or order[-1] == "constant" else "does not agree")
+  return ["ranking of the ε weightings at the last checkpoint", "debias < P2 ≈ Min-SNR < constant", measured,
+          verdict]
+
+
+def _bias_verdicts(study: StudyResults) -> list[list[str]]:
+  """debias against constant in the bias study: x0 error at high noise, and on the mixture the exact bias and the
+  exact sample quality."""
   rows = []
+  high = [study.band_mean(n, "x0_mse", None, HIGH_NOISE_SNR) for n in ("debias", "constant")]
+  low = [study.band_mean(n, "x0_mse", LOW_NOISE_SNR, None) for n in ("debias", "constant")]
+  if None not in high:
+    measured = (f"SNR < {HIGH_NOISE_SNR}: {fmt(high[0])} vs {fmt(high[1])}" +
+                (f"; SNR ≥ {LOW_NOISE_SNR}: {fmt(low[0])} vs {fmt(low[1])}" if None not in low else ""))
+    rows.append(["x0 error at high noise: debias < constant", "clearly lower at SNR < 0.1, similar at low noise",
+                 measured, "agrees" if high[0] < high[1] else "does not agree"])
+  if not study.exact:
+    return rows
+  bias = [study.band_mean(n, "bias_mse", None, HIGH_NOISE_SNR) for n in ("debias", "constant")]
+  if None not in bias:
+    rows.append(["exact bias at high noise (mixture): debias < constant",
+                 "the bias lives at high noise; debias removes most of it",
+                 f"SNR < {HIGH_NOISE_SNR}: {fmt(bias[0])} vs {fmt(bias[1])}", direction(*bias)])
+  mmd = [(study.color_row(n, study.eval_name, int(study.eval_steps)) or {}).get("mmd") for n in ("debias", "constant")]
+  if None not in mmd:
+    rows.append(["exact sample quality (mixture): debias < constant", "better samples",
+                 f"MMD² ({study.eval_name} {study.eval_steps}): {fmt(mmd[0])} vs {fmt(mmd[1])}", direction(*mmd)])
+  return rows
+
+
+def _colour_shift(study: StudyResults) -> list[str] | None:
+  """debias against constant: the mean RMS colour shift of samples with few sampling steps."""
+  shifts = {}
+  for name in ("debias", "constant"):
+    result = study.analysis.get((name, study.last))
+    if result:
+      few = [rms(r["channel_shift"]) for curve in result["color_shift"]["samplers"].values() for r in curve
+             if int(r["steps"]) <= FEW_STEPS]
+      if few:
+        shifts[name] = float(np.mean(few))
+  if len(shifts) < 2:
+    return None
+  return [f"colour shift with ≤ {FEW_STEPS} sampling steps: debias < constant",
+          "constant: strong colour casts; debias: natural colour at every step count",
+          f"mean RMS shift (0–255): {fmt(shifts['debias'])} vs {fmt(shifts['constant'])}",
+          direction(shifts["debias"], shifts["constant"])]
+
+
+def _target_invariance(study: StudyResults, noise: float | None) -> list[str] | None:
+  """The debias objective trained as v-prediction against the same as eps-prediction."""
+  v, d = study.eval_fd("v", study.last), study.eval_fd("debias", study.last)
+  if v is None or d is None:
+    return None
+  return ["target invariance: the debias objective as v-prediction ≈ as ε-prediction",
+          "the weight, not the target, matters", f"{fmt(v)} vs {fmt(d)}",
+          _compare_pair(v, d, noise) if _compare_pair(v, d, noise) == "within noise" else
+          "differs beyond noise" if noise is not None else "differs (noise unknown)"]
+
+
+def verdicts(study: StudyResults) -> list[list[str]]:
+  """[claim, paper, measured, verdict] rows, computed from the numbers."""
   noise = study.fd_noise()
   have = set(study.names)
-  if {"constant", "debias"} <= have:
-    pairs = [(s, study.eval_fd("debias", s), study.eval_fd("constant", s)) for s in study.steps]
-    pairs = [(s, d, c) for s, d, c in pairs if d is not None and c is not None]
-    if pairs:
-      lower = sum(d < c for _, d, c in pairs)
-      beyond = sum(c - d > (noise or 0.0) for _, d, c in pairs)
-      _, d_last, c_last = pairs[-1]
-      reach = next((s for s, d, _ in pairs if d <= c_last), None)
-      measured = (f"debias lower at {lower} of {len(pairs)} checkpoints ({beyond} by more than the noise); last: "
-                  f"{fmt(d_last)} vs {fmt(c_last)}; debias reaches constant's final FD "
-                  + (f"at step {reach} ({100 * reach / study.steps[-1]:.0f}% of the budget)" if reach is not None
-                     else "at no checkpoint"))
-      verdict = ("agrees" if beyond > len(pairs) / 2 and c_last - d_last > (noise or 0.0) else
-                 "within noise" if abs(c_last - d_last) <= (noise or 0.0) else "does not agree")
-      rows.append(["training efficiency: debias < constant at equal iterations",
-                   "FID lower at every checkpoint; debias at ≈40% of the iterations matches constant at 100%",
-                   measured, verdict])
-    sweep = [(s, n, study.metric("debias", study.last, s, n), study.metric("constant", study.last, s, n))
-             for s, n in study.sweep]
-    sweep = [x for x in sweep if x[2] is not None and x[3] is not None]
-    if sweep:
-      lower = sum(d < c for *_, d, c in sweep)
-      beyond = sum(c - d > (noise or 0.0) for *_, d, c in sweep)
-      fewest = min(sweep, key=lambda x: int(x[1]))
-      measured = (f"debias lower at {lower} of {len(sweep)} sampler settings ({beyond} by more than the noise); "
-                  f"fewest steps ({fewest[0]} {fewest[1]}): {fmt(fewest[2])} vs {fmt(fewest[3])}")
-      verdict = "agrees" if beyond > len(sweep) / 2 else ("does not agree" if lower < len(sweep) / 2
-                                                          else "within noise")
-      rows.append(["sampling efficiency: debias < constant at every number of steps",
-                   "FID lower at 20–1000 steps, most at few steps", measured, verdict])
-  weightings = [n for n in ("constant", "p2", "min_snr", "debias") if n in have]
-  values = {n: study.eval_fd(n, study.last) for n in weightings}
-  if len(weightings) >= 3 and all(v is not None for v in values.values()):
-    order = sorted(values, key=values.get)
-    measured = " < ".join(f"{n} ({fmt(values[n])})" for n in order)
-    verdict = ("agrees" if order[0] == "debias" and order[-1] == "constant" else
-               "partly" if order[0] == "debias" or order[-1] == "constant" else "does not agree")
-    rows.append(["ranking of the ε weightings at the last checkpoint", "debias < P2 ≈ Min-SNR < constant",
-                 measured, verdict])
-  if {"constant", "debias"} <= have:
-    high = [study.band_mean(n, "x0_mse", None, HIGH_NOISE_SNR) for n in ("debias", "constant")]
-    low = [study.band_mean(n, "x0_mse", LOW_NOISE_SNR, None) for n in ("debias", "constant")]
-    if None not in high:
-      measured = (f"SNR < {HIGH_NOISE_SNR}: {fmt(high[0])} vs {fmt(high[1])}" +
-                  (f"; SNR ≥ {LOW_NOISE_SNR}: {fmt(low[0])} vs {fmt(low[1])}" if None not in low else ""))
-      rows.append(["x0 error at high noise: debias < constant",
-                   "clearly lower at SNR < 0.1, similar at low noise", measured,
-                   "agrees" if high[0] < high[1] else "does not agree"])
-    if study.exact:
-      bias = [study.band_mean(n, "bias_mse", None, HIGH_NOISE_SNR) for n in ("debias", "constant")]
-      if None not in bias:
-        rows.append(["exact bias at high noise (mixture): debias < constant",
-                     "the bias lives at high noise; debias removes most of it",
-                     f"SNR < {HIGH_NOISE_SNR}: {fmt(bias[0])} vs {fmt(bias[1])}", direction(*bias)])
-      mmd = [(study.color_row(n, study.eval_name, int(study.eval_steps)) or {}).get("mmd")
-             for n in ("debias", "constant")]
-      if None not in mmd:
-        rows.append(["exact sample quality (mixture): debias < constant", "better samples",
-                     f"MMD² ({study.eval_name} {study.eval_steps}): {fmt(mmd[0])} vs {fmt(mmd[1])}",
-                     direction(*mmd)])
-    shifts = {}
-    for name in ("debias", "constant"):
-      result = study.analysis.get((name, study.last))
-      if result:
-        few = [rms(r["channel_shift"]) for curve in result["color_shift"]["samplers"].values() for r in curve
-               if int(r["steps"]) <= FEW_STEPS]
-        if few:
-          shifts[name] = float(np.mean(few))
-    if len(shifts) == 2:
-      rows.append([f"colour shift with ≤ {FEW_STEPS} sampling steps: debias < constant",
-                   "constant: strong colour casts; debias: natural colour at every step count",
-                   f"mean RMS shift (0–255): {fmt(shifts['debias'])} vs {fmt(shifts['constant'])}",
-                   direction(shifts["debias"], shifts["constant"])])
+  both = {"constant", "debias"} <= have
+  rows = [_training_efficiency(study, noise), _sampling_efficiency(study, noise)] if both else []
+  rows.append(_ranking(study))
+  if both:
+    rows += _bias_verdicts(study) + [_colour_shift(study)]
   if {"v", "debias"} <= have:
-    v, d = study.eval_fd("v", study.last), study.eval_fd("debias", study.last)
-    if v is not None and d is not None:
-      rows.append(["target invariance: the debias objective as v-prediction ≈ as ε-prediction",
-                   "the weight, not the target, matters", f"{fmt(v)} vs {fmt(d)}",
-                   _compare_pair(v, d, noise) if _compare_pair(v, d, noise) == "within noise" else
-                   "differs beyond noise" if noise is not None else "differs (noise unknown)"])
-  return rows
+    rows.append(_target_invariance(study, noise))
+  return [row for row in rows if row is not None]
 
 
 NOT_REPRODUCED = """\
@@ -534,7 +566,7 @@ curve and several training seeds are not part of these presets (the first two ar
 compare.sweep accepts any sampler, e.g. 'dpm_solver++:20')."""
 
 
-def _timing_section(study: Study, current_run: dict | None) -> str:
+def _timing_section(study: StudyResults, current_run: dict | None) -> str:
   phases = list(dict.fromkeys(t["phase"] for t in study.timings))
   totals = {}
   for t in study.timings:
@@ -564,7 +596,7 @@ def _timing_section(study: Study, current_run: dict | None) -> str:
   return "\n".join(lines)
 
 
-def _command_section(study: Study, current_run: dict | None) -> str:
+def _command_section(study: StudyResults, current_run: dict | None) -> str:
   runs = list(study.runs) + ([current_run] if current_run else [])
   commands = list(dict.fromkeys(r.get("command", "") for r in runs if r.get("command")))
   if not commands:
@@ -572,18 +604,18 @@ def _command_section(study: Study, current_run: dict | None) -> str:
   return "\n".join(["```bash"] + commands + ["```"])
 
 
-def render(study: Study, current_run: dict | None = None, figures: bool = True) -> str:
-  """The report's markdown; figures=False leaves out the plots (cheap interim reports while a study runs)."""
+def _intro(study: StudyResults) -> str:
   c = study.config
-  sections = [f"# {c.compare.get('title', 'Comparison of loss weightings')}: `{c.data.name}`",
-              f"Reproduction of the comparisons of *Unmasking Bias in Diffusion Model Training* (ECCV 2024) "
-              f"at small scale: {len(study.arms)} arms with the same data "
-              f"(`{c.data.name}`, {c.data.image_size}×{c.data.image_size}×{c.data.channels}), seed {study.seed}, "
-              f"model ({c.model.model_channels} channels, channel_mult {tuple(c.model.channel_mult)}, learned "
-              f"variances: {bool(c.model.learn_sigma)}), optimiser (AdamW lr {c.optim.learning_rate:g}, batch "
-              f"{c.train.batch_size}, EMA {tuple(c.ema_rates)}) and {c.train.num_steps} iterations; "
-              f"{c.diffusion.schedule} schedule, T = {c.diffusion.num_timesteps}.",
-              "## Arms\n\n" + _arms_section(study)]
+  return (f"Reproduction of the comparisons of *Unmasking Bias in Diffusion Model Training* (ECCV 2024) "
+          f"at small scale: {len(study.arms)} arms with the same data "
+          f"(`{c.data.name}`, {c.data.image_size}×{c.data.image_size}×{c.data.channels}), seed {study.seed}, "
+          f"model ({c.model.model_channels} channels, channel_mult {tuple(c.model.channel_mult)}, learned "
+          f"variances: {bool(c.model.learn_sigma)}), optimiser (AdamW lr {c.optim.learning_rate:g}, batch "
+          f"{c.train.batch_size}, EMA {tuple(c.ema_rates)}) and {c.train.num_steps} iterations; "
+          f"{c.diffusion.schedule} schedule, T = {c.diffusion.num_timesteps}.")
+
+
+def _verdicts_section(study: StudyResults) -> str:
   noise = study.fd_noise()
   lines = ["## Verdicts\n",
            "Each claim of the paper against this run's numbers (debias vs constant unless stated). The Fréchet "
@@ -597,17 +629,34 @@ def render(study: Study, current_run: dict | None = None, figures: bool = True) 
   lines.append(markdown_table(["claim", "paper", "measured (debias vs constant)", "verdict"], rows) if rows
                else "No results yet.")
   lines.append("\n" + NOT_REPRODUCED)
-  sections.append("\n".join(lines))
+  return "\n".join(lines)
 
+
+def _colour_section(study: StudyResults, samplers: list[str], figure: str | None) -> str:
+  strips = []
+  for arm in study.arms:
+    for sampler in samplers:
+      path = f"{plan.ARMS_DIR}/{arm.directory}/analysis/step_{study.last:08d}_samples_{sampler}.png"
+      if epath.Path(study.workdir, path).exists():
+        strips.append(f"- `{arm.name}`, {sampler} (rows: "
+                      f"{', '.join(str(r['steps']) for r in study.color_rows(arm.name, sampler))} steps): "
+                      f"![{arm.name} {sampler}]({path})")
+  return ("## Colour / mean shift vs sampling steps\n\n" + "\n\n".join(color_tables(study, samplers)) +
+          (f"\n\n![colour shift]({figure})" if figure else "") +
+          ("\n\nSamples against the number of steps:\n\n" + "\n".join(strips) if strips else ""))
+
+
+def _result_sections(study: StudyResults, figures: bool) -> list[str]:
+  """The sections of the measurements: tables, each with its figure unless figures=False."""
   draw = (lambda make, *args: make(*args)) if figures else (lambda make, *args: None)
   figure = draw(figure_iterations, study)
-  sections.append("## Metric vs training iterations\n\n" + "\n\n".join(iterations_tables(study)) +
-                  (f"\n\n![metric vs iterations]({figure})" if figure else ""))
+  sections = ["## Metric vs training iterations\n\n" + "\n\n".join(iterations_tables(study)) +
+              (f"\n\n![metric vs iterations]({figure})" if figure else "")]
   table = steps_table(study)
   if table:
     figure = draw(figure_steps, study)
     sections.append("## Metric vs sampling steps\n\n" + table + (f"\n\n![metric vs steps]({figure})" if figure
-                                                                 else ""))
+                                                                   else ""))
   figure = draw(figure_x0_error, study)
   sections.append("## Per-t x0 error (the bias)\n\n" + "\n\n".join(x0_error_tables(study)) +
                   (f"\n\n![x0 error]({figure})" if figure else ""))
@@ -615,18 +664,16 @@ def render(study: Study, current_run: dict | None = None, figures: bool = True) 
                                 for name in (study.analysis.get((n, study.last)) or {}).get("color_shift", {})
                                 .get("samplers", {})))
   if samplers:
-    figure = draw(figure_color, study, samplers)
-    strips = []
-    for arm in study.arms:
-      for sampler in samplers:
-        path = f"{plan.ARMS_DIR}/{arm.directory}/analysis/step_{study.last:08d}_samples_{sampler}.png"
-        if epath.Path(study.workdir, path).exists():
-          strips.append(f"- `{arm.name}`, {sampler} (rows: "
-                        f"{', '.join(str(r['steps']) for r in study.color_rows(arm.name, sampler))} steps): "
-                        f"![{arm.name} {sampler}]({path})")
-    sections.append("## Colour / mean shift vs sampling steps\n\n" + "\n\n".join(color_tables(study, samplers)) +
-                    (f"\n\n![colour shift]({figure})" if figure else "") +
-                    ("\n\nSamples against the number of steps:\n\n" + "\n".join(strips) if strips else ""))
+    sections.append(_colour_section(study, samplers, draw(figure_color, study, samplers)))
+  return sections
+
+
+def render(study: StudyResults, current_run: dict | None = None, figures: bool = True) -> str:
+  """The report's markdown; figures=False leaves out the plots (cheap interim reports while a study runs)."""
+  c = study.config
+  sections = [f"# {c.compare.title}: `{c.data.name}`", _intro(study), "## Arms\n\n" + _arms_section(study),
+              _verdicts_section(study)]
+  sections += _result_sections(study, figures)
   sections.append("## Wall time\n\n" + _timing_section(study, current_run))
   sections.append("## Command\n\n" + _command_section(study, current_run) +
                   "\n\nRerunning it resumes the study; on a finished study it only rewrites this report.")
@@ -637,7 +684,7 @@ def render(study: Study, current_run: dict | None = None, figures: bool = True) 
 
 def write_report(config, workdir: str, current_run: dict | None = None, figures: bool = True) -> str:
   """Writes workdir/REPORT.md (and its figures) from the saved results; returns its path."""
-  study = Study(config, workdir)
+  study = StudyResults(config, workdir)
   text = render(study, current_run, figures)
   path = str(epath.Path(workdir, plan.REPORT_FILE))
   storage.write_atomic(path, text)
@@ -653,12 +700,12 @@ def write_suite_report(config, workdir: str, names: Sequence[str]) -> str:
     if not path.exists():
       parts.append(f"## {name}\n\nNot run yet.")
       continue
-    total += Study(config.suite[name], study_dir).wall_seconds(None)
+    total += StudyResults(config.suite[name], study_dir).wall_seconds(None)
     text = path.read_text()
     text = re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)
     text = re.sub(r"\]\((figures|arms)/", lambda m: f"]({name}/{m.group(1)}/", text)
     parts.append(text)
-  header = [f"# {config.get('title', 'Comparison suite')}",
+  header = [f"# {config.title}",
             f"Studies: {', '.join(f'`{n}`' for n in names)}, each in its own folder with its own REPORT.md. "
             f"Total wall time **{total / 60:.1f} min** ({total:.0f} s)."]
   text = "\n\n".join(header + parts) + "\n"

@@ -36,13 +36,6 @@ def file_stem(step: int, sampler: str, steps, params_name: str, num: int, seed: 
   return f"step_{step:08d}_{sampler}_{steps}_{params_name}_n{num}_seed{seed}"
 
 
-def _labels(config, num: int) -> np.ndarray | None:
-  try:
-    return generation.sample_labels(config, num, config.sampling.labels)
-  except ValueError as e:
-    raise config_checks.ConfigError(str(e)) from e
-
-
 def _draw(config, restored: checkpointing.Restored, labels) -> tuple[np.ndarray, float]:
   """config.sampling.num_samples uint8 images of the sample stream, and the seconds they took."""
   s = config.sampling
@@ -63,7 +56,7 @@ def sample_to_files(config: ml_collections.ConfigDict, workdir: str) -> dict[str
   s = config.sampling
   config_checks.validate(config)
   num = int(s.num_samples)
-  labels = _labels(config, num)
+  labels = generation.sample_labels(config, num, s.labels)
   restored = checkpointing.restore_params(config, workdir, int(s.checkpoint_step), bool(s.use_ema))
   images, seconds = _draw(config, restored, labels)
 

@@ -8,7 +8,7 @@ phases. `cpu_model` is the small UNet the CPU presets share.
 import ml_collections
 
 # The paper's arms (the ones the paper compares): the four eps weightings, then x0- and v-prediction. See
-# debias_jax/experiments/compare.py (ARMS) for the weight each target trains with.
+# debias_jax/experiments/plan.py (ARMS) for the weight each target trains with.
 ALL_ARMS = ("constant", "debias", "p2", "min_snr", "x0", "v")
 # Respaced DDPM and DDIM at the paper's step counts; presets trim what their budget cannot afford.
 FULL_SWEEP = tuple(f"{sampler}:{steps}" for sampler in ("ddim", "ddpm") for steps in (10, 20, 50, 100, 250, 1000))
