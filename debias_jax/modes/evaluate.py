@@ -57,14 +57,6 @@ def _build_each(pairs, build: Callable) -> None:
       raise config_checks.ConfigError(f"config.eval.sampler_steps: cannot build {name}:{steps} ({e}).") from e
 
 
-def check_sampler_steps(config) -> list[tuple[str, str]]:
-  """sampler_pairs, each checked to build (a config's check without a model; eval itself builds each once)."""
-  pairs = sampler_pairs(config)
-  schedule = builders.schedule(config)
-  _build_each(pairs, lambda name, steps: generation.make_sampler(config, schedule, name, steps))
-  return pairs
-
-
 def available_steps(workdir: str) -> list[int]:
   """The checkpoint steps in workdir, or a CheckpointError saying what to run first."""
   directory = checkpointing.checkpoint_dir(workdir)
