@@ -392,7 +392,7 @@ def format_report(results: dict) -> str:
   lines = [f"debias_jax benchmark, {results['date']}: {s['num_devices']} x {s['device_kind']} ({platform}"
            + (f", {s['cpu_model']}, {s['cpu_count']} cores" if s["platform"] == "cpu" else "") + ")",
            f"Data: {results['data_note']}.",
-           f"Host: {s['cpu_model'] or 'unknown CPU'}, {s.get('cpu_threads', s['cpu_count'])} thread(s) of "
+           f"Host: {s['cpu_model'] or 'unknown CPU'}, {s.get('cpu_threads') or s['cpu_count']} thread(s) of "
            f"{s['cpu_count']} CPUs; XLA_FLAGS={s['xla_flags'] or '(none)'}; jax {s['jax_version']}.",
            f"Load average (1/5/15 min) at start {s['load_average_start'][0]:.2f}/{s['load_average_start'][1]:.2f}/"
            f"{s['load_average_start'][2]:.2f}, at end {s['load_average_end'][0]:.2f}/"

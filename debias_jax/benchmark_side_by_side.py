@@ -24,7 +24,6 @@ import subprocess
 import sys
 
 from debias_jax import benchmark_torch
-from debias_jax import builders
 from debias_jax import xla_cpu
 
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_torch.py")
