@@ -318,7 +318,7 @@ def run(config, *, train_steps: int = 10, warmup_calls: int = 1, sample_batches:
                 sample_warmup_batches=(sample_warmup_batches, 0), ddim_steps=(ddim_steps, 0),
                 ddpm_steps=(ddpm_steps, 0))
   mesh = parallel.create_mesh()
-  config_checks.validate(config, num_devices=mesh.devices.size)
+  config_checks.validate(config, "train", mesh.devices.size)
   model = builders.create_model(config)
   schedule = builders.schedule(config)
   devices = jax.devices()

@@ -103,20 +103,55 @@ def _positive_int(value, field: str) -> None:
            f"config.{field} must be a positive integer, got {value!r}.")
 
 
-def validate_sampling(config) -> None:
+def validate_sampling(config, build: bool = True) -> None:
+  """config.sampling; with `build`, its sampler is built (steps and solver options checked by the sampler)."""
   s = config.sampling
   _choice(s.sampler, samplers.sampler_names(), "sampling.sampler")
-  try:
-    generation.make_sampler(config, builders.schedule(config))
-  except (ValueError, TypeError) as e:
-    raise ConfigError(f"config.sampling.sampler={s.sampler!r} with sampling.steps={s.steps!r} and "
-                      f"sampling.solver_options={dict(s.solver_options)}: {e}") from e
   _positive_int(s.num_samples, "sampling.num_samples")
   _positive_int(s.batch_size, "sampling.batch_size")
+  if build:
+    try:
+      generation.make_sampler(config, builders.schedule(config))
+    except (ValueError, TypeError) as e:
+      raise ConfigError(f"config.sampling.sampler={s.sampler!r} with sampling.steps={s.steps!r} and "
+                        f"sampling.solver_options={dict(s.solver_options)}: {e}") from e
 
 
-def validate(config, num_devices: int | None = None) -> None:
-  """Raises ConfigError (a ValueError) for the first problem found, naming its field."""
+MODES = ("train", "sample", "eval", "analyze")
+
+
+def validate(config, mode: str = "train", num_devices: int | None = None) -> None:
+  """Every check `mode` needs, run once by its driver before any data is read or anything compiled; raises
+  ConfigError (a ValueError) for the first problem found, naming its field.
+
+  Every mode checks the config as the training config it describes (the checkpoint's), then what the mode reads:
+  train its sample grids and the device split, sample its labels, eval its sampler:steps pairs (built once by
+  the driver) and feature space, analyze its analysis section.
+  """
+  _choice(mode, MODES, "mode (of validate)")
+  validate_training(config, num_devices if mode == "train" else None)
+  validate_sampling(config, build=mode in ("train", "sample"))
+  if mode == "sample":
+    generation.sample_labels(config, int(config.sampling.num_samples), config.sampling.labels)
+  elif mode == "eval":
+    _validate_eval(config)
+  elif mode == "analyze":
+    check_analysis_config(config, num_devices or 1)
+
+
+def _validate_eval(config) -> None:
+  ev = config.eval
+  generation.eval_samplers(config)
+  _choice(ev.feature_space, features.FEATURE_SPACES, "eval.feature_space")
+  for field in ("num_samples", "batch_size", "pr_k"):
+    _positive_int(ev[field], f"eval.{field}")
+  _non_negative_int(ev.num_reference, "eval.num_reference")
+  for step in ev.checkpoint_steps:
+    _non_negative_int(step, "eval.checkpoint_steps")
+
+
+def validate_training(config, num_devices: int | None = None) -> None:
+  """The config as a training config: diffusion, loss, data, model, optimizer, EMA and the train section."""
   d = config.diffusion
   _choice(d.schedule, schedules.SCHEDULE_NAMES, "diffusion.schedule")
   _require(isinstance(d.num_timesteps, int) and d.num_timesteps > 1,
@@ -154,7 +189,6 @@ def validate(config, num_devices: int | None = None) -> None:
              f"config.train.{field}={value} must be a multiple of train.steps_per_call={t.steps_per_call}.")
   _require(t.num_steps % t.steps_per_call == 0,
            f"config.train.num_steps={t.num_steps} must be a multiple of train.steps_per_call={t.steps_per_call}.")
-  validate_sampling(config)
 
 
 # ----- data and model: what the dataset and the UNet need, checked without reading data or building arrays -----

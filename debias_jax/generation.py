@@ -62,6 +62,14 @@ def parse_sampler_steps(entry, field: str) -> tuple[str, str]:
   return name.strip(), steps.strip()
 
 
+def eval_samplers(config) -> list[tuple[str, str]]:
+  """eval.sampler_steps ("ddim:50", "dpm_solver++:20", ...) as (sampler, steps) pairs; () = config.sampling's."""
+  entries = tuple(config.eval.sampler_steps)
+  if not entries:
+    return [(config.sampling.sampler, str(config.sampling.steps))]
+  return [parse_sampler_steps(entry, "eval.sampler_steps") for entry in entries]
+
+
 def sample_labels(config, num: int, given=()) -> np.ndarray | None:
   """Class labels of `num` samples: None for an unconditional model; `given` repeated, or all classes in turn."""
   num_classes = int(config.data.num_classes)

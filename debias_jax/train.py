@@ -274,7 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   preemption.Preempted; a failed save raises checkpointing.CheckpointSaveError at once.
   """
   mesh = parallel.create_mesh()
-  config_checks.validate(config, num_devices=mesh.devices.size)
+  config_checks.validate(config, "train", mesh.devices.size)
   pipeline.open_source(config.data)   # a missing dataset fails here, in seconds, leaving the workdir untouched
   with contextlib.ExitStack() as stack:
     stop = stack.enter_context(preemption.StopRequest())

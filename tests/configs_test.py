@@ -24,7 +24,8 @@ HELPERS = {"configs/paper/adm.py", "configs/compare/base.py"}
 
 # Run in a temporary folder: each config through the --config flag (a fresh FlagValues per config, as main.py's
 # flag parses it) by absolute path and by name, then validated: compare presets with config_checks.validate_study
-# (every study of a suite), the others with config_checks.validate.
+# (every study of a suite), the others with config_checks.validate in every mode; no data source may be opened
+# and nothing compiled (JAX's monitoring events) meanwhile.
 CHECK_ALL = r"""
 import json, os, sys
 from absl import flags
@@ -35,8 +36,15 @@ try:
   sys.exit("the repository's configs/ is importable from " + os.getcwd())
 except ModuleNotFoundError:
   pass
+import jax
 from debias_jax import config_checks, config_files
+from debias_jax.data import pipeline
 from debias_jax.evaluation import features
+
+compiled, data_reads = [], []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, seconds, **kwargs: compiled.append(event) if "compile" in event else None)
+pipeline.create_source = lambda data_config: data_reads.append(data_config.name)
 
 
 def load(path, *overrides):
@@ -55,8 +63,9 @@ def validate(config):
         study.eval.inception_weights = "/weights/inception.pkl"   # required, never read by the check
       config_checks.validate_study(study)
     return len(studies)
-  config_checks.validate(config)
-  return 1
+  for mode in config_checks.MODES:
+    config_checks.validate(config, mode, num_devices=1)
+  return len(config_checks.MODES)
 
 
 report = {}
@@ -77,6 +86,9 @@ try:
   report["missing"] = "loaded"
 except flags.IllegalFlagValueError as e:
   report["missing"] = str(e)
+report["untouched"] = {"compiled": list(compiled), "data_reads": list(data_reads)}
+jax.jit(lambda x: x + 1)(1)   # the listener sees a compilation: the check above can fail
+report["listener_works"] = bool(compiled)
 print("REPORT " + json.dumps(report))
 """
 
@@ -127,7 +139,11 @@ class ConfigFilesTest(absltest.TestCase):
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     self.assertLen(lines, 1, result.stdout[-3000:])
     report = json.loads(lines[0][len("REPORT "):])
-    self.assertEqual({k: report[k] for k in names}, {k: 3 if k == "configs/compare/full.py" else 1 for k in names})
+    studies = {"configs/compare/full.py": 3}
+    self.assertEqual({k: report[k] for k in names},
+                     {k: studies.get(k, 1) if k.startswith("configs/compare/") else 4 for k in names})
+    self.assertEqual(report["untouched"], {"compiled": [], "data_reads": []})
+    self.assertTrue(report["listener_works"])
     self.assertEqual(report["override"], [3, "p2"])
     self.assertEqual(report["argument"], 7)
     self.assertIn("No config file 'configs/nope.py'", report["missing"])

@@ -319,9 +319,8 @@ def _save_figures(figures: dict[str, np.ndarray], stem: str, image_size: int) ->
 
 def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the study on config.analysis.checkpoint_step of `workdir`; returns what it writes to the JSON file."""
-  config_checks.validate(config)
   mesh = parallel.create_mesh()
-  config_checks.check_analysis_config(config, mesh.devices.size)
+  config_checks.validate(config, "analyze", mesh.devices.size)
   restored = checkpointing.restore_params(config, workdir, int(config.analysis.checkpoint_step),
                                           bool(config.sampling.use_ema), mesh)
   run = _AnalysisRun(config, restored)

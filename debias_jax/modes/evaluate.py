@@ -41,14 +41,6 @@ KEY_FIELDS = ("checkpoint_step", "sampler", "steps", "sampler_options", "params"
               "feature_space", "reference")
 
 
-def sampler_pairs(config) -> list[tuple[str, str]]:
-  """eval.sampler_steps ("ddim:50", "dpm_solver++:20", ...) as (sampler, steps) pairs; () = config.sampling's."""
-  entries = tuple(config.eval.sampler_steps)
-  if not entries:
-    return [(config.sampling.sampler, str(config.sampling.steps))]
-  return [generation.parse_sampler_steps(entry, "eval.sampler_steps") for entry in entries]
-
-
 def _build_each(pairs, build: Callable) -> None:
   for name, steps in pairs:
     try:
@@ -137,8 +129,8 @@ class _Scorer:
 def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
   """Evaluates the requested (checkpoint, sampler, steps) combinations not yet in WORKDIR/eval/results.jsonl;
   returns the records of all requested combinations, old and new, in order."""
-  config_checks.validate(config)
-  pairs = sampler_pairs(config)
+  config_checks.validate(config, "eval")
+  pairs = generation.eval_samplers(config)
   generator = generation.Generator(config, builders.create_model(config), parallel.create_mesh())
   _build_each(pairs, generator.program)   # each sampler built once, before anything is restored or drawn
   out_dir = epath.Path(workdir) / "eval"

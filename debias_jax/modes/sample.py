@@ -54,7 +54,7 @@ def sample_to_files(config: ml_collections.ConfigDict, workdir: str) -> dict[str
   """Writes config.sampling.num_samples samples of a checkpoint to an .npz (uint8 NHWC arr_0 [+ arr_1 labels]),
   a PNG grid and a JSON of what made them; returns that JSON's content (paths included)."""
   s = config.sampling
-  config_checks.validate(config)
+  config_checks.validate(config, "sample")
   num = int(s.num_samples)
   labels = generation.sample_labels(config, num, s.labels)
   restored = checkpointing.restore_params(config, workdir, int(s.checkpoint_step), bool(s.use_ema))
