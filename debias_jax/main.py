@@ -27,7 +27,7 @@ MODES = {
     "train": ("debias_jax.train", "train_and_evaluate"),
     "sample": ("debias_jax.modes.sample", "sample_to_files"),
     "eval": ("debias_jax.modes.evaluate", "evaluate_checkpoints"),
-    "analyze": ("debias_jax.analysis.study", "analyze"),
+    "analyze": ("debias_jax.modes.analyze", "analyze"),
 }
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples; a rerun resumes from it.")

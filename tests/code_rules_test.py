@@ -25,7 +25,8 @@ EXEMPT: dict[str, str] = {}
 
 # Modules without a test file of their own -> the test file that exercises them, and how.
 TESTED_THROUGH = {
-    "analysis_plots": ("analysis_study", "the study writes its figures"),
+    "analysis_plots": ("modes_analyze", "the study writes its figures"),
+    "analysis_study": ("modes_analyze", "the study run by --mode analyze on a known (zero) estimate"),
     "benchmark_profile": ("benchmark_side_by_side", "profile categories of a UNet gradient"),
     "benchmark_torch": ("benchmark_side_by_side", "the reference worker's protocol, spec and op categories"),
     "builders": ("models_unet", "every model test builds its UNet from a config"),

@@ -17,7 +17,7 @@ from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax import jsonl
 from debias_jax import train
-from debias_jax.analysis import study as analysis_study
+from debias_jax.modes import analyze as analyze_mode
 from debias_jax.diffusion import weighting
 from debias_jax.experiments import compare
 from debias_jax.experiments import plan
@@ -122,7 +122,7 @@ class QuickPresetEndToEndTest(absltest.TestCase):
 
   def test_a_rerun_resumes_without_redoing_anything(self):
     with mock.patch.object(train, "train_and_evaluate", side_effect=AssertionError("trained again")), \
-         mock.patch.object(analysis_study, "analyze", side_effect=AssertionError("analysed again")), \
+         mock.patch.object(analyze_mode, "analyze", side_effect=AssertionError("analysed again")), \
          mock.patch("debias_jax.generation.Generator.batches", side_effect=AssertionError("sampled again")):
       path = compare.run(self.config, self.workdir, command="second invocation")
     with open(path) as f:
@@ -142,7 +142,7 @@ class QuickPresetEndToEndTest(absltest.TestCase):
     with open(results, "w") as f:
       f.writelines(line for line in lines if json.loads(line)["sampler"] != "ddpm")
     with mock.patch.object(train, "train_and_evaluate", side_effect=AssertionError("trained again")), \
-         mock.patch.object(analysis_study, "analyze", side_effect=AssertionError("analysed again")):
+         mock.patch.object(analyze_mode, "analyze", side_effect=AssertionError("analysed again")):
       compare.run(self.config, workdir, phases=("train", "iterations", "steps", "analysis"))
     redone = [r for r in jsonl.read(results) if r["sampler"] == "ddpm"]
     self.assertLen(redone, 1)

@@ -17,7 +17,7 @@ from etils import epath
 from debias_jax import jsonl
 from debias_jax import summaries
 from debias_jax import train
-from debias_jax.analysis import study
+from debias_jax.modes import analyze
 from debias_jax.evaluation import fid
 from debias_jax.experiments import compare
 from debias_jax.modes import evaluate
@@ -62,7 +62,7 @@ def run_all(root: str, cache_dir: str) -> dict:
   train.train_and_evaluate(c, run)
   record = sample.sample_to_files(c, run)
   results = evaluate.evaluate_checkpoints(c, run)
-  analysis = study.analyze(c, run)
+  analysis = analyze.analyze(c, run)
   report = compare.run(study_config(cache_dir), str(epath.Path(root) / "study"), command="test")
   run_path = epath.Path(run)
   events = summaries.read_events(run)

@@ -1,6 +1,4 @@
-"""`--mode analyze`: the paper's bias study of one checkpoint.
-
-    python -m debias_jax.main --mode=analyze --config=configs/default.py --workdir=DIR
+"""The paper's bias study of one checkpoint's params (driven by `--mode analyze`, debias_jax/modes/analyze.py):
 
 1. Per noise level (config.analysis.num_buckets buckets of t, or of log SNR), on num_examples data examples with
    fresh noise: the x0 error E|x0_hat - x0|^2, its signed per-channel mean E[x0_hat - x0] and the eps error,
@@ -11,8 +9,6 @@
 4. On data.name='gmm', against the exact posterior mean E[x0|x_t]: the bias itself per bucket and at the first
    step, the exact sample quality (log-likelihood under the mixture, MMD to true samples), and the colour shift
    of the exact denoiser under the same sampler (the discretisation error alone, which no training can remove).
-Writes WORKDIR/analysis/step_XXXXXXXX.json, PNG figures beside it, and TensorBoard scalars and images (logdir
-WORKDIR/analysis, at the checkpoint's step, so several checkpoints form curves).
 """
 
 from __future__ import annotations
@@ -21,22 +17,18 @@ import time
 from typing import Any
 
 from absl import logging
-from etils import epath
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
-import ml_collections
 import numpy as np
 
 from debias_jax import builders
 from debias_jax import checkpointing
-from debias_jax import config_checks
 from debias_jax import generation
 from debias_jax import logs
 from debias_jax import parallel
 from debias_jax import pixels
 from debias_jax import storage
-from debias_jax import summaries
 from debias_jax.analysis import bias
 from debias_jax.analysis import color
 from debias_jax.analysis import exact_denoiser
@@ -59,7 +51,7 @@ def _fetch(x) -> np.ndarray:
   return np.asarray(jax.device_get(x))
 
 
-class _AnalysisRun:
+class AnalysisRun:
   """The pieces of one analysis run: model, params, schedule, data statistics and the sharded programs."""
 
   def __init__(self, config, restored: checkpointing.Restored):
@@ -229,7 +221,7 @@ def summarize(result: dict) -> dict[str, float]:
   return out
 
 
-def _scalars(result: dict) -> dict[str, float]:
+def scalars(result: dict) -> dict[str, float]:
   """The TensorBoard view of a result: one scalar per bucket, first-step figure and (sampler, steps) figure."""
   out = {f"summary/{k}": v for k, v in result["summary"].items()}
   for row in result["x0_error"]["buckets"]:
@@ -255,7 +247,7 @@ def _scalars(result: dict) -> dict[str, float]:
   return out
 
 
-def _measure(run: _AnalysisRun, writer) -> tuple[dict, dict]:
+def measure(run: AnalysisRun, writer) -> tuple[dict, dict]:
   """The three parts of the study in turn: (their results, the seconds each took)."""
   seconds, parts = {}, {}
   start = time.time()
@@ -270,7 +262,7 @@ def _measure(run: _AnalysisRun, writer) -> tuple[dict, dict]:
   return parts, seconds
 
 
-def _result(config, workdir: str, run: _AnalysisRun, parts: dict, seconds: dict) -> dict[str, Any]:
+def result_record(config, workdir: str, run: AnalysisRun, parts: dict, seconds: dict) -> dict[str, Any]:
   """The JSON record of the study (without its figures' paths), with its headline summary."""
   d, loss, restored = config.data, config.loss, run.restored
   result = {
@@ -292,7 +284,7 @@ def _result(config, workdir: str, run: _AnalysisRun, parts: dict, seconds: dict)
   return result
 
 
-def _figures(config, run: _AnalysisRun, parts: dict) -> dict[str, np.ndarray]:
+def figures(config, run: AnalysisRun, parts: dict) -> dict[str, np.ndarray]:
   """The study's figures as images: x0 error and signed error per bucket, colour shift, sample strips."""
   x0_error, restored = parts["x0_error"], run.restored
   title = f"{config.loss.weighting} ({config.loss.target}), step {restored.step}, {restored.params_name}"
@@ -304,38 +296,3 @@ def _figures(config, run: _AnalysisRun, parts: dict) -> dict[str, np.ndarray]:
   for name, strip in parts["strips"].items():
     figures[f"samples_{name}"] = pixels.image_grid(strip, columns=STRIP_IMAGES)
   return figures
-
-
-def _save_figures(figures: dict[str, np.ndarray], stem: str, image_size: int) -> dict[str, str]:
-  """Writes each figure to STEM_NAME.png (sample strips enlarged to about 64 px per image); returns the paths."""
-  paths = {}
-  for name, image in figures.items():
-    path = f"{stem}_{name}.png"
-    upscale = max(1, 64 // image_size) if name.startswith("samples_") else 1
-    pixels.save_png(path, image, upscale=upscale)
-    paths[name] = path
-  return paths
-
-
-def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs the study on config.analysis.checkpoint_step of `workdir`; returns what it writes to the JSON file."""
-  mesh = parallel.create_mesh()
-  config_checks.validate(config, "analyze", mesh.devices.size)
-  restored = checkpointing.restore_params(config, workdir, int(config.analysis.checkpoint_step),
-                                          bool(config.sampling.use_ema), mesh)
-  run = _AnalysisRun(config, restored)
-  out_dir = epath.Path(workdir) / "analysis"
-  writer = summaries.create_writer(out_dir, is_main=jax.process_index() == 0)
-  logging.info("Analysing %s of step %d in %s.", restored.params_name, restored.step, workdir)
-  parts, seconds = _measure(run, writer)
-  result = _result(config, workdir, run, parts, seconds)
-  figures = _figures(config, run, parts)
-  stem = str(out_dir / f"step_{restored.step:08d}")
-  if jax.process_index() == 0:
-    result["figures"] = _save_figures(figures, stem, int(config.data.image_size))
-    storage.write_json(stem + ".json", result)
-  writer.write_scalars(restored.step, _scalars(result))
-  writer.write_images(restored.step, {name: image[None] for name, image in figures.items()})
-  writer.flush()
-  logging.info("Wrote %s.json (%s).", stem, ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
-  return result

@@ -51,10 +51,10 @@ from debias_jax import runtime
 from debias_jax import storage
 from debias_jax import train
 from debias_jax import xla_cpu
-from debias_jax.analysis import study as analysis_study
 from debias_jax.evaluation import features
 from debias_jax.experiments import plan
 from debias_jax.experiments import report
+from debias_jax.modes import analyze as analyze_mode
 from debias_jax.modes import evaluate as eval_mode
 
 
@@ -179,7 +179,7 @@ def _analyze(c, directory: str, step: int, samplers: tuple[str, ...], steps: tup
     c.analysis.checkpoint_step = step
     c.analysis.samplers = samplers
     c.analysis.sampling_steps = steps
-    analysis_study.analyze(c, directory)
+    analyze_mode.analyze(c, directory)
 
 
 def analysis_settings(config) -> tuple[tuple[str, ...], tuple[int, ...]]:

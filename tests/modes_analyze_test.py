@@ -14,7 +14,7 @@ from PIL import Image
 from debias_jax import builders
 from debias_jax import config_checks
 from debias_jax.analysis import color
-from debias_jax.analysis import study
+from debias_jax.modes import analyze
 from debias_jax.data import pipeline
 from debias_jax.models import unet
 from tests import test_util
@@ -35,7 +35,7 @@ class AnalyzeModeTest(absltest.TestCase):
     shapes = unet.param_shapes(builders.create_model(cls.config))
     zeros = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes)
     test_util.write_checkpoint(cls.config, cls.workdir, steps=(7,), params=zeros)
-    cls.result = study.analyze(cls.config, cls.workdir)
+    cls.result = analyze.analyze(cls.config, cls.workdir)
     images = np.concatenate([b["image"][b["mask"]] for b in pipeline.create_eval_iterator(
         cls.config.data, batch_size=50, num_examples=50)])
     cls.data = images.astype(np.float64)
