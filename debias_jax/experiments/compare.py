@@ -321,7 +321,7 @@ def _stop_on_sigterm(signum, frame):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  signal.signal(signal.SIGTERM, _stop_on_sigterm)
+  previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)
   studies = [FLAGS.config.suite[name] for name in FLAGS.config.suite] if "suite" in FLAGS.config else [FLAGS.config]
   xla_cpu.prefer_wide_vectors()   # before JAX starts its backends
   xla_cpu.cores_as_devices([b for c in studies for b in (c.train.batch_size, c.sampling.batch_size,
@@ -335,6 +335,8 @@ def main(argv):
     path = run(FLAGS.config, FLAGS.workdir, command=command_line(sys.argv), phases=tuple(FLAGS.phases))
   except preemption.Preempted as e:
     preemption.exit_preempted(e)
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
   logging.info("Report: %s", path)
   print(f"Report written to {path}")
 
