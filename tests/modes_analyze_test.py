@@ -1,4 +1,5 @@
-"""--mode analyze (modes/analyze.py) running the study of analysis/study.py end to end with known answers, and its config check."""
+"""--mode analyze (modes/analyze.py): the study of analysis/study.py end to end with known answers; its config
+check."""
 
 import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
 

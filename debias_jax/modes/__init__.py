@@ -1,5 +1,5 @@
 """The command line's modes as drivers: each reads its config section, calls the libraries and writes files.
 
-`sample` (ADM-layout .npz and a PNG grid) and `evaluate` (FID-style metrics of every checkpoint, resumably);
-training is train.py and the bias study analysis/study.py.
+`sample` (ADM-layout .npz and a PNG grid), `evaluate` (FID-style metrics of every checkpoint, resumably) and
+`analyze` (the bias study of analysis/study.py); training's driver is train.py.
 """
