@@ -152,61 +152,53 @@ class QuickPresetEndToEndTest(absltest.TestCase):
     timings = jsonl.read(plan.study_path(workdir, "timings.jsonl"))
     self.assertEqual([(t["phase"], t["arm"]) for t in timings[-1:]], [("steps", "debias")])
 
+  def test_a_second_seed_resumes_the_first_and_the_report_pairs_them(self):
+    # compare.seeds = (0, 1) on a copy of this (one-seed) study: seed 0's runs are kept, only seed 1's train.
+    workdir = os.path.join(self.tmp, "seeds")
+    shutil.copytree(self.workdir, workdir)
+    config = copy.deepcopy(self.config)
+    config.compare.seeds, config.compare.arms, config.compare.sweep = (0, 1), ("constant", "debias"), ()
+    trained = []
+    original = train.train_and_evaluate
+    def train_and_record(c, directory):
+      trained.append((os.path.basename(directory), int(c.seed)))
+      return original(c, directory)
+    with mock.patch.object(train, "train_and_evaluate", side_effect=train_and_record):
+      path = compare.run(config, workdir, phases=("train", "iterations"))
+    self.assertEqual(trained, [("constant-seed1", 1), ("debias-seed1", 1)])
+    for arm in plan.study_arms(config):
+      first, second = (plan.run_dir(config, workdir, arm, s) for s in (0, 1))
+      self.assertEqual(first, plan.arm_dir(workdir, arm))   # the single-seed layout for the first seed
+      self.assertEqual(second, plan.arm_dir(workdir, arm) + "-seed1")
+      self.assertEqual([checkpointing.load_config(d).seed for d in (first, second)], [0, 1])
+      records = jsonl.read(os.path.join(second, "eval", "results.jsonl"))
+      self.assertEqual(sorted((r["checkpoint_step"], r["seed"]) for r in records), [(2, 1), (4, 1), (4, 2)])
+    with open(path) as f:
+      text = f.read()
+    study = report.StudyResults(config, workdir)
+    fds = {(n, s): study.eval_fd(n, 4, s) for n in ("constant", "debias") for s in (0, 1)}
+    self.assertNotIn(None, fds.values())
+    self.assertNotEqual(fds[("constant", 0)], fds[("constant", 1)])   # another seed trains another model
+    sections = {title: body for title, body in re.findall(r"^## (.+?)\n(.*?)(?=^## |\Z)", text, re.M | re.S)}
+    iterations = markdown_tables(sections["Metric vs training iterations"])[0]
+    self.assertEqual([r[0] for r in iterations], ["2", "4", "4, 2nd sample seed"])
+    stats = efficiency.mean_sd([fds[("constant", 0)], fds[("constant", 1)]])
+    self.assertEqual(iterations[1][1].strip("*"), f"{report.fmt(stats['mean'])} ± {report.fmt(stats['sd'], 2)}")
+    self.assertLess(text.index("Verdict rule"), text.index("## Metric vs training iterations"))
+    diffs = [fds[("debias", s)] - fds[("constant", s)] for s in (0, 1)]
+    tables = markdown_tables(sections["Verdicts"])
+    paired = next(r for t in tables for r in t if r[0] == "Fréchet distance (pixels, ddim 2), step 4")
+    self.assertEqual(paired[1], f"{report.fmt(sum(diffs) / 2)} ({diffs[0]:+.3g}, {diffs[1]:+.3g})")
+    self.assertIn("Iterations to match", sections["Verdicts"])
+    match = next(r for t in tables for r in t if r[0].startswith("Fréchet distance (pixels, ddim 2)"))
+    self.assertRegex(match[1], r"^(\d\.\d\d \(step [\d.]+\)|not reached)$")
+    self.assertEqual(tables[0][0][-1], efficiency.verdict(diffs, study.sampling_spread("debias"), -1)["verdict"])
+
   def test_a_changed_training_config_is_refused(self):
     config = copy.deepcopy(self.config)
     config.optim.learning_rate = 3e-4
     with self.assertRaisesRegex(config_checks.ConfigError, r"(?s)config.optim.learning_rate: trained with 0.001, given 0.0003.*new --workdir"):
       compare.run(config, self.workdir)
-
-
-class TwoSeedsTest(absltest.TestCase):
-  """compare with compare.seeds = (0, 1) at toy size (training and the iteration curves only)."""
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.tmp = tempfile.mkdtemp()
-    cls.workdir = os.path.join(cls.tmp, "study")
-    cls.config = test_util.toy_study_config(cls.tmp, **{"compare.seeds": (0, 1), "compare.arms": ("constant", "debias"),
-                                                        "compare.sweep": ()})
-    cls.path = compare.run(cls.config, cls.workdir, phases=("train", "iterations"))
-    with open(cls.path) as f:
-      cls.text = f.read()
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.tmp, ignore_errors=True)
-    super().tearDownClass()
-
-  def test_every_arm_trains_once_per_seed(self):
-    for arm in plan.study_arms(self.config):
-      first, second = (plan.run_dir(self.config, self.workdir, arm, s) for s in (0, 1))
-      self.assertEqual(first, plan.arm_dir(self.workdir, arm))   # the single-seed layout for the first seed
-      self.assertEqual(second, plan.arm_dir(self.workdir, arm) + "-seed1")
-      self.assertEqual([checkpointing.load_config(d).seed for d in (first, second)], [0, 1])
-      records = jsonl.read(os.path.join(second, "eval", "results.jsonl"))
-      self.assertEqual(sorted((r["checkpoint_step"], r["seed"]) for r in records), [(2, 1), (4, 1), (4, 2)])
-
-  def test_the_report_carries_mean_sd_paired_differences_and_iterations_to_match(self):
-    study = report.StudyResults(self.config, self.workdir)
-    fds = {(n, s): study.eval_fd(n, 4, s) for n in ("constant", "debias") for s in (0, 1)}
-    self.assertNotIn(None, fds.values())
-    self.assertNotEqual(fds[("constant", 0)], fds[("constant", 1)])   # another seed trains another model
-    sections = {title: body for title, body in re.findall(r"^## (.+?)\n(.*?)(?=^## |\Z)", self.text, re.M | re.S)}
-    iterations = markdown_tables(sections["Metric vs training iterations"])[0]
-    self.assertEqual([r[0] for r in iterations], ["2", "4", "4, 2nd sample seed"])
-    stats = efficiency.mean_sd([fds[("constant", 0)], fds[("constant", 1)]])
-    self.assertEqual(iterations[1][1].strip("*"), f"{report.fmt(stats['mean'])} ± {report.fmt(stats['sd'], 2)}")
-    self.assertLess(self.text.index("Verdict rule"), self.text.index("## Metric vs training iterations"))
-    diffs = [fds[("debias", s)] - fds[("constant", s)] for s in (0, 1)]
-    paired = next(r for t in markdown_tables(sections["Verdicts"]) for r in t if r[0] == "Fréchet distance "
-                  "(pixels, ddim 2), step 4")
-    self.assertEqual(paired[1], f"{report.fmt(sum(diffs) / 2)} ({diffs[0]:+.3g}, {diffs[1]:+.3g})")
-    self.assertIn("Iterations to match", sections["Verdicts"])
-    match = next(r for t in markdown_tables(sections["Verdicts"]) for r in t if r[0].startswith("Fréchet"))
-    self.assertRegex(match[1], r"^(\d\.\d\d \(step [\d.]+\)|not reached)$")
-    verdict = markdown_tables(sections["Verdicts"])[0][0]
-    self.assertEqual(verdict[-1], efficiency.verdict(diffs, study.sampling_spread("debias"), -1)["verdict"])
 
 
 class PlantedEfficiencyTest(absltest.TestCase):
