@@ -254,6 +254,17 @@ class ConfigTest(parameterized.TestCase):
     with self.assertRaisesRegex(config_checks.ConfigError, "steps_per_call"):
       plan.checkpoint_steps(config)
 
+  def test_seeds(self):
+    config = test_util.toy_study_config("")
+    self.assertEqual(plan.study_seeds(config), [int(config.seed)])   # default: the config's own seed
+    config.compare.seeds = (3, 5)
+    arm = plan.ARMS["debias"]
+    self.assertEqual([plan.arm_config(config, arm, s).seed for s in (3, 5)], [3, 5])
+    self.assertEqual([plan.run_dir(config, "w", arm, s) for s in (3, 5)], ["w/arms/debias", "w/arms/debias-seed5"])
+    config.compare.seeds = (3, 3)
+    with self.assertRaisesRegex(config_checks.ConfigError, "compare.seeds.*twice"):
+      plan.study_seeds(config)
+
   @parameterized.parameters(("ddim20", "sweep"), ("ddim:", "sweep"), ("ddim:ddim20", "eval_sampler"),
                             ("warp:20", "sweep"))
   def test_bad_sampler_entries_are_named(self, entry, field):
