@@ -2,8 +2,10 @@
 
     python -m debias_jax.experiments.compare --config configs/compare/quick.py --workdir DIR
 
-A study trains several arms -- a loss weighting with a prediction target -- on the same data, seed, model and step
-budget, each in DIR/arms/<arm>, and measures them with the project's own modes:
+A study trains several arms -- a loss weighting with a prediction target -- on the same data, model and step
+budget, once for each training seed of compare.seeds (model init, data order, t and noise all follow the seed; the
+gmm mixture itself stays fixed), the first seed in DIR/arms/<arm> and every other one in DIR/arms/<arm>-seed<N>, and
+measures every (arm, seed) run with the project's own modes:
   1. train: `train.train_and_evaluate` with compare.num_checkpoints evenly spaced checkpoints (all kept);
   2. iterations: `--mode eval`'s Fréchet distance of every checkpoint under compare.eval_sampler, and of the final
      one (compare.final_step, default the last) again with a second sample seed: how much the metric moves by
@@ -14,7 +16,8 @@ budget, each in DIR/arms/<arm>, and measures them with the project's own modes:
   5. analysis: `--mode analyze` at the final checkpoint: per-t x0 error, first-step prediction, colour shift
      against the number of sampling steps and, on gmm, the bias against the exact denoiser;
   6. floor: the Fréchet distance of as many real examples as there are samples (the metric's floor at that size);
-then `report.write_report` turns the saved results into DIR/REPORT.md. Every phase skips what its output files
+then `report.write_report` turns the saved results into DIR/REPORT.md (mean ± s.d. over seeds, paired per-seed
+differences against constant, "iterations to match" and verdicts by the rule of experiments/efficiency.py). Every phase skips what its output files
 already hold, so the same command resumes an interrupted study, and on a finished one only rewrites the report.
 A config with a `suite` section (configs/compare/full.py) runs several studies, each in DIR/<name>, and writes a
 report over all of them. The driver keeps a persistent XLA compilation cache (DIR/xla_cache by default) so arms
@@ -63,14 +66,15 @@ from debias_jax.modes import evaluate as eval_mode
 
 
 @contextlib.contextmanager
-def timed(workdir: str, phase: str, arm: str = "") -> Iterator[dict]:
+def timed(workdir: str, phase: str, arm: str = "", seed: int | None = None) -> Iterator[dict]:
   """Times a phase that did work (set info['skipped'] to leave it out) in DIR/compare/timings.jsonl."""
   info = {"skipped": False}
   start = time.time()
   yield info
   if not info["skipped"]:
     jsonl.append(plan.study_path(workdir, "timings.jsonl"),
-                 {"phase": phase, "arm": arm, "seconds": round(time.time() - start, 2), "end": time.time()})
+                 {"phase": phase, "arm": arm, **({} if seed is None else {"seed": int(seed)}),
+                  "seconds": round(time.time() - start, 2), "end": time.time()})
 
 
 def saved_steps(workdir: str) -> list[int]:
@@ -101,16 +105,16 @@ def check_same_training(c, directory: str) -> None:
         "\nUse a new --workdir for a changed study (or delete that arm's folder to retrain it).")
 
 
-def train_arm(config, workdir: str, arm: plan.Arm) -> None:
-  c = plan.arm_config(config, arm)
-  directory = plan.arm_dir(workdir, arm)
+def train_arm(config, workdir: str, arm: plan.Arm, seed: int) -> None:
+  c = plan.arm_config(config, arm, seed)
+  directory = plan.run_dir(config, workdir, arm, seed)
   planned = plan.checkpoint_steps(config)
-  with timed(workdir, "train", arm.name) as info:
+  with timed(workdir, "train", arm.name, seed) as info:
     if set(planned) <= set(saved_steps(directory)):
       info["skipped"] = True
       return
-    logging.info("Training arm %s (%s-prediction, weighting %s) in %s.", arm.name, arm.target, arm.weighting,
-                 directory)
+    logging.info("Training arm %s (%s-prediction, weighting %s), seed %d, in %s.", arm.name, arm.target,
+                 arm.weighting, seed, directory)
     train.train_and_evaluate(c, directory)   # preemption.Preempted if stopped early
   missing = sorted(set(planned) - set(saved_steps(directory)))
   if missing:
@@ -134,26 +138,26 @@ def _evaluate(c, directory: str, steps: list[int], entries: tuple[str, ...]) -> 
   return len(jsonl.read(_results_path(directory))) - before
 
 
-def evaluate_iterations(config, workdir: str, arm: plan.Arm) -> None:
-  c, directory = plan.arm_config(config, arm), plan.arm_dir(workdir, arm)
+def evaluate_iterations(config, workdir: str, arm: plan.Arm, seed: int) -> None:
+  c, directory = plan.arm_config(config, arm, seed), plan.run_dir(config, workdir, arm, seed)
   entry = ":".join(plan.eval_sampler(config))
   steps = plan.checkpoint_steps(config)
-  with timed(workdir, "iterations", arm.name) as info:
+  with timed(workdir, "iterations", arm.name, seed) as info:
     info["skipped"] = not _evaluate(c, directory, steps, (entry,))
   offset = int(config.compare.second_seed_offset)
   if offset:
     c2 = copy.deepcopy(c)
     c2.seed = int(c.seed) + offset
-    with timed(workdir, "second_seed", arm.name) as info:
+    with timed(workdir, "second_seed", arm.name, seed) as info:
       info["skipped"] = not _evaluate(c2, directory, [plan.final_step(config)], (entry,))
 
 
-def evaluate_sweep(config, workdir: str, arm: plan.Arm) -> None:
+def evaluate_sweep(config, workdir: str, arm: plan.Arm, seed: int) -> None:
   sweep = tuple(config.compare.sweep)
   if not sweep:
     return
-  c, directory = plan.arm_config(config, arm), plan.arm_dir(workdir, arm)
-  with timed(workdir, "steps", arm.name) as info:
+  c, directory = plan.arm_config(config, arm, seed), plan.run_dir(config, workdir, arm, seed)
+  with timed(workdir, "steps", arm.name, seed) as info:
     info["skipped"] = not _evaluate(c, directory, [plan.final_step(config)], sweep)
 
 
@@ -170,8 +174,8 @@ def _analysis_covers(path: str, samplers: tuple[str, ...], steps: tuple[int, ...
 
 
 def _analyze(c, directory: str, step: int, samplers: tuple[str, ...], steps: tuple[int, ...], workdir: str,
-             phase: str, arm: plan.Arm) -> None:
-  with timed(workdir, phase, arm.name) as info:
+             phase: str, arm: plan.Arm, seed: int) -> None:
+  with timed(workdir, phase, arm.name, seed) as info:
     if _analysis_covers(analysis_path(directory, step), samplers, steps):
       info["skipped"] = True
       return
@@ -194,22 +198,22 @@ def analysis_settings(config) -> tuple[tuple[str, ...], tuple[int, ...]]:
   return samplers, steps
 
 
-def analyze_checkpoints(config, workdir: str, arm: plan.Arm) -> None:
+def analyze_checkpoints(config, workdir: str, arm: plan.Arm, seed: int) -> None:
   """The bias study at every other checkpoint, with the eval sampler only (gmm: exact metrics)."""
   if not plan.exact_every_checkpoint(config):
     return
-  c, directory = plan.arm_config(config, arm), plan.arm_dir(workdir, arm)
+  c, directory = plan.arm_config(config, arm, seed), plan.run_dir(config, workdir, arm, seed)
   name, count = plan.eval_sampler(config)
   for step in plan.checkpoint_steps(config):
     if step == plan.final_step(config):
       continue
-    _analyze(c, directory, step, (name,), (int(count),), workdir, "exact", arm)
+    _analyze(c, directory, step, (name,), (int(count),), workdir, "exact", arm, seed)
 
 
-def analyze_last(config, workdir: str, arm: plan.Arm) -> None:
-  c, directory = plan.arm_config(config, arm), plan.arm_dir(workdir, arm)
+def analyze_last(config, workdir: str, arm: plan.Arm, seed: int) -> None:
+  c, directory = plan.arm_config(config, arm, seed), plan.run_dir(config, workdir, arm, seed)
   samplers, steps = analysis_settings(config)
-  _analyze(c, directory, plan.final_step(config), samplers, steps, workdir, "analysis", arm)
+  _analyze(c, directory, plan.final_step(config), samplers, steps, workdir, "analysis", arm, seed)
 
 
 def data_floor(config, workdir: str) -> dict:
@@ -258,8 +262,10 @@ def run_study(config, workdir: str, *, command: str = "", phases: tuple[str, ...
   """Runs (or resumes) one study in workdir and writes its REPORT.md; returns the report's path."""
   config_checks.validate_study(config)
   arms = plan.study_arms(config)
-  for arm in arms:   # before anything is written: a refused study leaves the saved one as it was
-    check_same_training(plan.arm_config(config, arm), plan.arm_dir(workdir, arm))
+  seeds = plan.study_seeds(config)
+  runs = [(arm, seed) for arm in arms for seed in seeds]
+  for arm, seed in runs:   # before anything is written: a refused study leaves the saved one as it was
+    check_same_training(plan.arm_config(config, arm, seed), plan.run_dir(config, workdir, arm, seed))
   start = time.time()
   usage = resource.getrusage(resource.RUSAGE_SELF)
   cpu_start = usage.ru_utime + usage.ru_stime
@@ -270,8 +276,8 @@ def run_study(config, workdir: str, *, command: str = "", phases: tuple[str, ...
   try:
     steps = {"train": train_arm, "iterations": evaluate_iterations, "exact": analyze_checkpoints,
              "steps": evaluate_sweep, "analysis": analyze_last}
-    progress = logs.Progress(f"Study {workdir}", sum(len(arms) for p in phases if p in steps) + ("floor" in phases),
-                             "phases of arms", every_seconds=0.0)
+    progress = logs.Progress(f"Study {workdir}", sum(len(runs) for p in phases if p in steps) + ("floor" in phases),
+                             "phases of (arm, seed) runs", every_seconds=0.0)
     for phase in PHASES:
       if phase not in phases:
         continue
@@ -279,8 +285,8 @@ def run_study(config, workdir: str, *, command: str = "", phases: tuple[str, ...
         data_floor(config, workdir)
         progress.update()
         continue
-      for arm in arms:
-        steps[phase](config, workdir, arm)
+      for arm, seed in runs:
+        steps[phase](config, workdir, arm, seed)
         progress.update()
       logging.info("Study %s: phase %s done (%.0f s so far); writing the interim report.", workdir, phase,
                    time.time() - start)

@@ -119,12 +119,27 @@ def eval_sampler(config) -> tuple[str, str]:
   return name, steps
 
 
-def arm_config(config, arm: Arm) -> ml_collections.ConfigDict:
-  """The training config of one arm: the study's config without its compare section, with the arm's loss."""
+def study_seeds(config) -> list[int]:
+  """compare.seeds, the training seeds every arm runs with (default: the config's own seed, one run per arm)."""
+  seeds = config.compare.get("seeds") or (config.seed,)
+  try:
+    seeds = [int(s) for s in seeds]
+  except (TypeError, ValueError) as e:
+    raise errors.ConfigError(f"config.compare.seeds={tuple(seeds)} must be integers, e.g. (0, 1, 2).") from e
+  if len(set(seeds)) != len(seeds):
+    raise errors.ConfigError(f"config.compare.seeds={tuple(seeds)} names a seed twice; give each once.")
+  return seeds
+
+
+def arm_config(config, arm: Arm, seed: int | None = None) -> ml_collections.ConfigDict:
+  """The training config of one arm: the study's config without its compare section, with the arm's loss and
+  (if given) the training seed, which sets model init, data order, t and noise."""
   c = copy.deepcopy(config)
   with c.unlocked():
     if "compare" in c:
       del c["compare"]
+    if seed is not None:
+      c.seed = int(seed)
     c.loss.target = arm.target
     c.loss.weighting = arm.weighting
     for key, value in arm.options:
@@ -140,5 +155,16 @@ def study_path(workdir: str, *parts: str) -> str:
   return str(epath.Path(workdir, STUDY_DIR, *parts))
 
 
-def arm_dir(workdir: str, arm: Arm) -> str:
-  return str(epath.Path(workdir, ARMS_DIR, arm.directory))
+def arm_dir(workdir: str, arm: Arm, suffix: str = "") -> str:
+  return str(epath.Path(workdir, ARMS_DIR, arm.directory + suffix))
+
+
+def seed_suffix(config, seed: int) -> str:
+  """The first of compare.seeds trains in DIR/arms/<arm> (a single-seed study's layout, so such a study resumes
+  when seeds are added); every other seed in DIR/arms/<arm>-seed<seed>."""
+  return "" if int(seed) == study_seeds(config)[0] else f"-seed{int(seed)}"
+
+
+def run_dir(config, workdir: str, arm: Arm, seed: int) -> str:
+  """Where one (arm, training seed) run lives."""
+  return arm_dir(workdir, arm, seed_suffix(config, seed))

@@ -2,9 +2,10 @@
 
 The tables and figures are those of the paper's experiments: the metric against training iterations, against
 the number of sampling steps, the per-t x0 error and the colour shift of samples, plus on the Gaussian mixture the
-exact bias and exact sample quality. Each of the paper's claims gets a verdict computed from the numbers, with
-the Fréchet distance's own sampling noise (the same checkpoint scored with a second sample seed) as the yardstick
-for "within noise". Missing results (an unfinished study) show as a dash.
+exact bias and exact sample quality. Every arm runs once per training seed (compare.seeds): tables show
+mean ± s.d. over seeds and the paired per-seed differences against constant, and each of the paper's claims gets
+a verdict by the rule of experiments/efficiency.py (stated in the report before the numbers), next to the
+"iterations to match" readout. Missing results (an unfinished study) show as a dash.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from etils import epath
 import numpy as np
 from matplotlib.figure import Figure
 
+from debias_jax import builders
 from debias_jax import jsonl
 from debias_jax import pixels
 from debias_jax import storage
 from debias_jax.analysis import plots
 from debias_jax.analysis import study as analysis_study
 from debias_jax.diffusion import weighting
+from debias_jax.diffusion import t_sampling
+from debias_jax.experiments import efficiency
 from debias_jax.experiments import plan
 
 FIGURES_DIR = "figures"
@@ -35,9 +39,21 @@ HIGH_NOISE_SNR = analysis_study.HIGH_NOISE_SNR
 LOW_NOISE_SNR = analysis_study.LOW_NOISE_SNR
 FEW_STEPS = analysis_study.FEW_STEPS
 ARM_NOTES = {
-    "x0": "the standard x0 objective (unweighted x0-MSE)",
-    "v": "the debias objective trained in v form: same x0-space weight as `debias`, other network output",
+    "constant": "ε-prediction, unweighted ε-MSE (the DDPM baseline)",
+    "debias": "ε-prediction with the debias weight",
+    "p2": "ε-prediction with the P2 weight",
+    "min_snr": "ε-prediction with the Min-SNR weight",
+    "x0": "x0-prediction, the standard unweighted x0-MSE (= ε-space weight SNR)",
+    "v": "debias, v-form: v-prediction trained with debias's weight (same objective as `debias`, other network "
+         "output); not plain v-prediction, whose unweighted v-MSE is ε-space weight 1 + 1/SNR",
 }
+
+
+def describe_arm(arm: plan.Arm) -> str:
+  """What an arm trains, in words: its target and whose weight (ARM_NOTES for the named arms)."""
+  if arm.name in ARM_NOTES:
+    return ARM_NOTES[arm.name]
+  return f"{arm.target}-prediction with {arm.weighting}'s ε-space weight (converted to the {arm.target}-MSE)"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -83,36 +99,54 @@ def rms(values) -> float | None:
 # Loading what the phases saved.
 
 
+def _mean_records(records: list[dict]) -> dict | None:
+  """The element-wise mean over seeds of records of the same shape (numbers and lists of numbers averaged)."""
+  if not records:
+    return None
+  out = dict(records[0])
+  for key, value in records[0].items():
+    if isinstance(value, bool) or all(r.get(key) == value for r in records):
+      continue   # flags and shared labels (bucket bounds, step counts) stay as they are
+    if isinstance(value, (int, float)) and all(isinstance(r.get(key), (int, float)) for r in records):
+      out[key] = float(np.mean([r[key] for r in records]))
+    elif (isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value)
+          and all(isinstance(r.get(key), list) and len(r[key]) == len(value) for r in records)):
+      out[key] = np.mean([r[key] for r in records], axis=0).tolist()
+  return out
+
+
 class StudyResults:
-  """Every saved result of one study, indexed for the tables."""
+  """Every saved result of one study, indexed for the tables: per (arm, training seed), and means over seeds."""
 
   def __init__(self, config, workdir: str):
     from debias_jax.evaluation import features  # pylint: disable=g-import-not-at-top
     self.config, self.workdir = config, workdir
     self.arms = plan.study_arms(config)
     self.names = [a.name for a in self.arms]
+    self.seeds = plan.study_seeds(config)
     self.steps = plan.checkpoint_steps(config)
     self.last = plan.final_step(config)      # the sweep's, second seed's and bias analysis's checkpoint
     self.eval_name, self.eval_steps = plan.eval_sampler(config)
     self.sweep = [plan.parse_sampler(e, "sweep") for e in config.compare.sweep]
     self.num_samples = int(config.eval.num_samples)
-    self.seed = int(config.seed)
-    self.second_seed = self.seed + int(config.compare.second_seed_offset)
+    self.seed = self.seeds[0]
+    self.offset = int(config.compare.second_seed_offset)
     self.feature_space = features.resolve_feature_space(config.eval, config.data)
     self.exact = plan.is_exact_dataset(config)
     self.channels = int(config.data.channels)
-    self.fd = {}        # (arm, step, sampler, steps, seed) -> record
-    self.analysis = {}  # (arm, step) -> analysis json
+    self.fd = {}        # (arm, training seed, step, sampler, steps, sample seed) -> record
+    self.analysis = {}  # (arm, training seed, step) -> analysis json
     for arm in self.arms:
-      directory = plan.arm_dir(workdir, arm)
-      for record in jsonl.read(epath.Path(directory, "eval", "results.jsonl")):
-        if record.get("num_samples") == self.num_samples and record.get("feature_space") == self.feature_space:
-          self.fd[(arm.name, int(record["checkpoint_step"]), record["sampler"], str(record["steps"]),
-                   int(record["seed"]))] = record
-      analysis_dir = epath.Path(directory, "analysis")
-      for path in sorted(analysis_dir.glob("step_*.json")) if analysis_dir.exists() else []:
-        result = storage.read_json(path)
-        self.analysis[(arm.name, int(result["checkpoint_step"]))] = result
+      for tseed in self.seeds:
+        directory = plan.run_dir(config, workdir, arm, tseed)
+        for record in jsonl.read(epath.Path(directory, "eval", "results.jsonl")):
+          if record.get("num_samples") == self.num_samples and record.get("feature_space") == self.feature_space:
+            self.fd[(arm.name, tseed, int(record["checkpoint_step"]), record["sampler"], str(record["steps"]),
+                     int(record["seed"]))] = record
+        analysis_dir = epath.Path(directory, "analysis")
+        for path in sorted(analysis_dir.glob("step_*.json")) if analysis_dir.exists() else []:
+          result = storage.read_json(path)
+          self.analysis[(arm.name, tseed, int(result["checkpoint_step"]))] = result
     floor_path = plan.study_path(workdir, "data_floor.json")
     self.floor = None
     if epath.Path(floor_path).exists():
@@ -120,53 +154,95 @@ class StudyResults:
     self.timings = jsonl.read(plan.study_path(workdir, "timings.jsonl"))
     self.runs = jsonl.read(plan.study_path(workdir, "runs.jsonl"))
 
-  def metric(self, arm: str, step: int, sampler: str, steps: str, seed: int | None = None,
+  # Per training seed (tseed); the evaluation samples with the training seed, the 2nd time with seed + offset.
+
+  def metric(self, arm: str, step: int, sampler: str, steps: str, tseed: int, second: bool = False,
              key: str = "fid") -> float | None:
-    record = self.fd.get((arm, step, sampler, str(steps), self.seed if seed is None else seed))
+    sample_seed = tseed + (self.offset if second else 0)
+    record = self.fd.get((arm, tseed, step, sampler, str(steps), sample_seed))
     return None if record is None else record.get(key)
 
-  def eval_fd(self, arm: str, step: int, seed: int | None = None) -> float | None:
-    return self.metric(arm, step, self.eval_name, self.eval_steps, seed)
+  def eval_fd(self, arm: str, step: int, tseed: int, second: bool = False) -> float | None:
+    return self.metric(arm, step, self.eval_name, self.eval_steps, tseed, second)
 
   def fd_noise(self) -> float | None:
-    """Largest |FD(seed) - FD(second seed)| over the arms at the last checkpoint: the metric's sampling noise."""
-    if self.second_seed == self.seed:
+    """Largest |FD(sample seed) - FD(2nd sample seed)| over arms and seeds at the last checkpoint (descriptive)."""
+    if not self.offset:
       return None
-    gaps = [abs(a - b) for a, b in ((self.eval_fd(n, self.last), self.eval_fd(n, self.last, self.second_seed))
-                                    for n in self.names) if a is not None and b is not None]
+    gaps = [abs(a - b) for a, b in ((self.eval_fd(n, self.last, s), self.eval_fd(n, self.last, s, True))
+                                    for n in self.names for s in self.seeds) if a is not None and b is not None]
     return max(gaps) if gaps else None
 
-  def buckets(self, arm: str, step: int | None = None) -> list[dict] | None:
-    result = self.analysis.get((arm, self.last if step is None else step))
-    return None if result is None else result["x0_error"]["buckets"]
+  def sampling_spread(self, arm: str, baseline: str = "constant") -> float | None:
+    """efficiency.sampling_seed_spread of the FD's paired difference arm - baseline at the last checkpoint (the
+    two sample seeds of every training seed), or None where a value is missing or no 2nd sample seed is run."""
+    if not self.offset:
+      return None
+    rows = []
+    for tseed in self.seeds:
+      row = []
+      for second in (False, True):
+        a, b = self.eval_fd(arm, self.last, tseed, second), self.eval_fd(baseline, self.last, tseed, second)
+        if a is None or b is None:
+          return None
+        row.append(a - b)
+      rows.append(row)
+    return efficiency.sampling_seed_spread(np.asarray(rows))
+
+  def buckets(self, arm: str, step: int | None = None, tseed: int | None = None) -> list[dict] | None:
+    """The per-t x0-error buckets of one seed, or (tseed None) their mean over the seeds that have them."""
+    step = self.last if step is None else step
+    if tseed is not None:
+      result = self.analysis.get((arm, tseed, step))
+      return None if result is None else result["x0_error"]["buckets"]
+    runs = [self.analysis[(arm, s, step)]["x0_error"]["buckets"] for s in self.seeds if (arm, s, step) in self.analysis]
+    return [_mean_records(list(rows)) for rows in zip(*runs)] if runs else None
+
+  def results(self, arm: str, step: int | None = None) -> list[dict]:
+    step = self.last if step is None else step
+    return [self.analysis[(arm, s, step)] for s in self.seeds if (arm, s, step) in self.analysis]
+
+  def first_step(self, arm: str) -> dict:
+    return _mean_records([r.get("first_step", {}) for r in self.results(arm)]) or {}
 
   def data_variance(self) -> float | None:
     """The data's variance per pixel (the x0 error of predicting the mean), from any arm's analysis."""
-    return next((self.analysis[(n, self.last)]["x0_error"].get("data_variance") for n in self.names
-                 if (n, self.last) in self.analysis), None)
+    return next((r["x0_error"].get("data_variance") for n in self.names for r in self.results(n)), None)
 
   def color_rows(self, arm: str, sampler: str, exact: bool = False) -> list[dict]:
-    result = self.analysis.get((arm, self.last))
-    if result is None:
-      return []
-    group = result["color_shift"].get("exact_denoiser" if exact else "samplers", {})
-    return sorted(group.get(sampler, []), key=lambda r: r["steps"])
+    steps = sorted({int(r["steps"]) for result in self.results(arm) for r in
+                    result["color_shift"].get("exact_denoiser" if exact else "samplers", {}).get(sampler, [])})
+    return [self.color_row(arm, sampler, n, exact) for n in steps]
 
-  def color_row(self, arm: str, sampler: str, steps: int, exact: bool = False, step: int | None = None):
-    result = self.analysis.get((arm, self.last if step is None else step))
-    if result is None:
-      return None
-    rows = result["color_shift"].get("exact_denoiser" if exact else "samplers", {}).get(sampler, [])
-    return next((r for r in rows if int(r["steps"]) == int(steps)), None)
+  def color_row(self, arm: str, sampler: str, steps: int, exact: bool = False, step: int | None = None,
+                tseed: int | None = None):
+    """One colour-shift / sample-quality row of one seed, or (tseed None) its mean over seeds."""
+    results = self.results(arm, step) if tseed is None else [
+        r for r in [self.analysis.get((arm, tseed, self.last if step is None else step))] if r]
+    rows = [next((r for r in result["color_shift"].get("exact_denoiser" if exact else "samplers", {})
+                  .get(sampler, []) if int(r["steps"]) == int(steps)), None) for result in results]
+    return _mean_records([r for r in rows if r is not None])
 
-  def band_mean(self, arm: str, key: str, low: float | None, high: float | None, step: int | None = None):
+  def band_mean(self, arm: str, key: str, low: float | None, high: float | None, step: int | None = None,
+                tseed: int | None = None):
     """Mean of a per-bucket value over the buckets whose geometric-mean SNR lies in [low, high)."""
-    rows = self.buckets(arm, step)
+    rows = self.buckets(arm, step, tseed)
     if not rows or key not in rows[0]:
       return None
     values = [r[key] for r in rows if (low is None or r["snr_geomean"] >= low)
               and (high is None or r["snr_geomean"] < high)]
     return float(np.mean(values)) if values else None
+
+  # Over seeds.
+
+  def per_seed(self, get) -> dict[int, float]:
+    """{training seed: get(seed)} for the seeds with a finite value."""
+    values = {s: get(s) for s in self.seeds}
+    return {s: float(v) for s, v in values.items() if v is not None and math.isfinite(v)}
+
+  def mean(self, get) -> float | None:
+    values = self.per_seed(get)
+    return float(np.mean(list(values.values()))) if values else None
 
   def wall_seconds(self, current_run: dict | None) -> float:
     runs = list(self.runs) + ([current_run] if current_run else [])
@@ -187,7 +263,8 @@ def _arm_style(k: int) -> dict:
 
 
 def figure_iterations(study: StudyResults) -> str | None:
-  panels = [("fid", f"Fréchet distance ({study.feature_space})", lambda a, s: study.eval_fd(a, s))]
+  panels = [("fid", f"Fréchet distance ({study.feature_space}), mean over seeds",
+             lambda a, s: study.mean(lambda t: study.eval_fd(a, s, t)))]
   if study.exact:
     panels.append(("mmd", "exact MMD² to the mixture", lambda a, s: (study.color_row(a, study.eval_name,
                                                                                       int(study.eval_steps), step=s)
@@ -226,7 +303,8 @@ def figure_steps(study: StudyResults) -> str | None:
   drawn = False
   for axis, sampler in zip(axes, samplers):
     for k, name in enumerate(study.names):
-      points = [(int(n), study.metric(name, study.last, sampler, n)) for s, n in study.sweep if s == sampler]
+      points = [(int(n), study.mean(lambda t, n=n: study.metric(name, study.last, sampler, n, t)))
+                for s, n in study.sweep if s == sampler]
       points = [(s, v) for s, v in points if v is not None]
       if points:
         drawn = True
@@ -322,46 +400,169 @@ def figure_color(study: StudyResults, samplers: Sequence[str]) -> str | None:
 # Sections.
 
 
+def weight_bands(config) -> tuple[int, int]:
+  """The t bands of the weight shares: t < T/10, T/10 <= t < T/2, t >= T/2 (100 and 500 on T = 1000)."""
+  num = int(config.diffusion.num_timesteps)
+  return (num // 10, num // 2)
+
+
+def arm_band_shares(config, arm: plan.Arm) -> list[float]:
+  """The share of the arm's ε-space weight (summed over t) in each band of weight_bands."""
+  c = plan.arm_config(config, arm)
+  chain = builders.schedule(c)   # the arm's training weights exactly, then back in eps space
+  eps = t_sampling.eps_space_weights(chain, builders.loss_weights(c, chain), arm.target)
+  return t_sampling.band_shares(eps, weight_bands(config)).tolist()
+
+
 def _arms_section(study: StudyResults) -> str:
+  low, high = weight_bands(study.config)
   rows = []
   for arm in study.arms:
     options = ", ".join(f"{k}={v:g}" for k, v in arm.options)
-    rows.append([f"`{arm.name}`", arm.target, arm.weighting + (f" ({options})" if options else ""),
-                 weighting.FORMULAS[arm.weighting]["eps"], weighting.FORMULAS[arm.weighting]["x0"],
-                 ARM_NOTES.get(arm.name, "")])
-  return markdown_table(["arm", "target", "weighting", "ε-space weight", "x0-space weight", "note"], rows)
+    shares = arm_band_shares(study.config, arm)
+    rows.append([f"`{arm.name}`", describe_arm(arm), arm.target, arm.weighting + (f" ({options})" if options else ""),
+                 weighting.FORMULAS[arm.weighting]["eps"], weighting.FORMULAS[arm.weighting]["x0"]] +
+                [f"{100 * x:.3g}%" for x in shares])
+  return ("What each arm trains, and how its ε-space weight is shared over t (the weight summed over each band "
+          f"of t, divided by its sum over all t; {study.config.diffusion.schedule} schedule): where the loss puts "
+          "its effort, whatever the weight's absolute scale.\n\n" +
+          markdown_table(["arm", "description", "target", "weighting", "ε-space weight", "x0-space weight",
+                          f"share t < {low}", f"share {low} ≤ t < {high}", f"share t ≥ {high}"], rows))
+
+
+def mean_sd_cell(values: dict[int, float], num_seeds: int) -> str:
+  """mean ± s.d. over the training seeds (the mean alone for one seed); (n=k) when seeds are missing."""
+  if not values:
+    return DASH
+  stats = efficiency.mean_sd(list(values.values()))
+  text = fmt(stats["mean"]) + (f" ± {fmt(stats['sd'], 2)}" if stats["sd"] is not None else "")
+  return text + (f" (n={stats['n']})" if stats["n"] < num_seeds else "")
+
+
+def _row_mean_sd(study: StudyResults, label: str, values: Sequence[dict[int, float]],
+                 lower_is_better: bool = True) -> list[str]:
+  """Cells of one table row, mean ± s.d. over seeds; the best mean in bold."""
+  means = [float(np.mean(list(v.values()))) if v else None for v in values]
+  finite = [m for m in means if m is not None]
+  best = (min(finite) if lower_is_better else max(finite)) if finite else None
+  return [label] + [f"**{mean_sd_cell(v, len(study.seeds))}**" if m is not None and m == best and len(finite) > 1
+                    else mean_sd_cell(v, len(study.seeds)) for v, m in zip(values, means)]
+
+
+def curve_metrics(study: StudyResults) -> list[tuple[str, object]]:
+  """(label, get(arm, step, tseed)) of every metric recorded at every checkpoint (all lower is better)."""
+  out = [(f"Fréchet distance ({study.feature_space}, {study.eval_name} {study.eval_steps})",
+          lambda a, s, t: study.eval_fd(a, s, t))]
+  if study.exact:
+    count = int(study.eval_steps)
+    out += [("exact MMD² to true samples", lambda a, s, t: (study.color_row(a, study.eval_name, count, step=s,
+                                                                            tseed=t) or {}).get("mmd")),
+            ("log-likelihood gap (nats/dim; data − samples)",
+             lambda a, s, t: (study.color_row(a, study.eval_name, count, step=s, tseed=t) or {})
+             .get("log_likelihood_gap")),
+            (f"exact bias E|x̂0 − E[x0|x_t]|², SNR < {HIGH_NOISE_SNR}",
+             lambda a, s, t: study.band_mean(a, "bias_mse", None, HIGH_NOISE_SNR, s, t))]
+  return out
 
 
 def iterations_tables(study: StudyResults) -> list[str]:
   header = ["iterations"] + study.names
-  rows = [_row_with_best(str(s), [study.eval_fd(n, s) for n in study.names]) for s in study.steps]
-  if study.second_seed != study.seed:
-    rows.append(_row_with_best(f"{study.last}, 2nd sample seed",
-                               [study.eval_fd(n, study.last, study.second_seed) for n in study.names]))
+  seeds = f"mean ± s.d. over {len(study.seeds)} training seed(s) {tuple(study.seeds)}"
+  get = curve_metrics(study)[0][1]
+  rows = [_row_mean_sd(study, str(s), [study.per_seed(lambda t, n=n, s=s: get(n, s, t)) for n in study.names])
+          for s in study.steps]
+  if study.offset:
+    rows.append(_row_mean_sd(study, f"{study.last}, 2nd sample seed",
+                             [study.per_seed(lambda t, n=n: study.eval_fd(n, study.last, t, True))
+                              for n in study.names]))
   out = [f"Fréchet distance in the `{study.feature_space}` feature space, {study.num_samples} samples, "
-         f"`{study.eval_name}` with {study.eval_steps} steps (lower is better; best per row in bold).\n\n" +
-         markdown_table(header, rows)]
-  if study.exact:
-    for key, label in (("mmd", "exact MMD² to true samples"),
-                       ("log_likelihood_gap", "log-likelihood gap (nats/dim; data − samples)")):
-      rows = [_row_with_best(str(s), [(study.color_row(n, study.eval_name, int(study.eval_steps), step=s) or {})
-                                      .get(key) for n in study.names]) for s in study.steps]
-      out.append(f"Gaussian mixture, {label}, same sampler:\n\n" + markdown_table(header, rows))
-    rows = [_row_with_best(str(s), [study.band_mean(n, "bias_mse", None, HIGH_NOISE_SNR, s) for n in study.names])
+         f"`{study.eval_name}` with {study.eval_steps} steps, {seeds} (lower is better; best mean per row in "
+         f"bold).\n\n" + markdown_table(header, rows)]
+  for label, get in curve_metrics(study)[1:]:
+    rows = [_row_mean_sd(study, str(s), [study.per_seed(lambda t, n=n, s=s: get(n, s, t)) for n in study.names])
             for s in study.steps]
-    out.append(f"Gaussian mixture, exact bias E|x̂0 − E[x0|x_t]|² per pixel, mean over the buckets with "
-               f"SNR < {HIGH_NOISE_SNR}:\n\n" + markdown_table(header, rows))
+    out.append(f"Gaussian mixture, {label}, same sampler, {seeds}:\n\n" + markdown_table(header, rows))
   return out
 
 
 def steps_table(study: StudyResults) -> str | None:
   if not study.sweep:
     return None
-  rows = [_row_with_best(f"{s} {n}", [study.metric(name, study.last, s, n) for name in study.names])
-          for s, n in study.sweep]
+  rows = [_row_mean_sd(study, f"{s} {n}", [study.per_seed(lambda t, name=name, s=s, n=n:
+                                                           study.metric(name, study.last, s, n, t))
+                                           for name in study.names]) for s, n in study.sweep]
   return (f"Fréchet distance at step {study.last} against the sampler and its number of steps "
-          f"(`{study.feature_space}` features, {study.num_samples} samples):\n\n" +
-          markdown_table(["sampler, steps"] + study.names, rows))
+          f"(`{study.feature_space}` features, {study.num_samples} samples, mean ± s.d. over "
+          f"{len(study.seeds)} training seed(s)):\n\n" + markdown_table(["sampler, steps"] + study.names, rows))
+
+
+def _differences_cell(diffs: dict[int, float]) -> str:
+  if not diffs:
+    return DASH
+  return f"{fmt(float(np.mean(list(diffs.values()))))} ({', '.join(f'{d:+.3g}' for d in diffs.values())})"
+
+
+def paired_rows(study: StudyResults) -> list[tuple[str, object]]:
+  """(label, get(arm, tseed)) of every quantity compared against constant seed by seed."""
+  rows = [(f"{label}, step {s}", lambda a, t, get=get, s=s: get(a, s, t))
+          for label, get in curve_metrics(study) for s in study.steps]
+  rows += [(f"Fréchet distance, {s} {n}, step {study.last}",
+            lambda a, t, s=s, n=n: study.metric(a, study.last, s, n, t)) for s, n in study.sweep]
+  rows += [(f"x0 error, SNR < {HIGH_NOISE_SNR}, step {study.last}",
+            lambda a, t: study.band_mean(a, "x0_mse", None, HIGH_NOISE_SNR, tseed=t))]
+  return rows
+
+
+def paired(study: StudyResults, arm: str, get, baseline: str = "constant") -> dict[int, float]:
+  """{seed: arm - baseline} over the seeds where both have a value."""
+  a = study.per_seed(lambda t: get(arm, t))
+  b = study.per_seed(lambda t: get(baseline, t))
+  common = sorted(set(a) & set(b))
+  return efficiency.paired_differences({s: a[s] for s in common}, {s: b[s] for s in common}) if common else {}
+
+
+def paired_table(study: StudyResults) -> str | None:
+  others = [n for n in study.names if n != "constant"]
+  if "constant" not in study.names or not others:
+    return None
+  rows = [[label] + [_differences_cell(paired(study, n, get)) for n in others] for label, get in paired_rows(study)]
+  return ("Paired differences arm − constant, seed by seed (same training seed: same init, data order, t and "
+          "noise): the mean over seeds, then each seed's difference in the order of the seeds "
+          f"{tuple(study.seeds)}. Negative = lower than constant (better for every metric here).\n\n" +
+          markdown_table(["quantity"] + [f"{n} − constant" for n in others], rows))
+
+
+def iterations_to_match(study: StudyResults, arm: str, get, baseline: str = "constant") -> dict | None:
+  """efficiency.iterations_to_match of the arm's seed-mean curve against the baseline's, or None if the
+  baseline's final mean is missing."""
+  def curve(name):
+    return [study.mean(lambda t, s=s: get(name, s, t)) for s in study.steps]
+  base, values = curve(baseline), curve(arm)
+  if base[-1] is None:
+    return None
+  nan = lambda v: float("nan") if v is None else v
+  return efficiency.iterations_to_match(study.steps, [nan(v) for v in base], [nan(v) for v in values])
+
+
+def match_table(study: StudyResults) -> str | None:
+  others = [n for n in study.names if n != "constant"]
+  if "constant" not in study.names or not others:
+    return None
+  rows = []
+  for label, get in curve_metrics(study):
+    cells = []
+    for n in others:
+      result = iterations_to_match(study, n, get)
+      cells.append(DASH if result is None else "not reached" if result["fraction"] is None else
+                   f"≤ {result['fraction']:.2f} (at the first checkpoint)" if result["iteration"] == study.steps[0]
+                   else f"{result['fraction']:.2f} (step {result['iteration']:.4g})")
+    rows.append([label] + cells)
+  return (f"Iterations to match: the first iteration at which the arm's mean curve (over seeds) reaches "
+          f"constant's final mean (step {study.steps[-1]}), interpolated linearly between checkpoints, as a "
+          f"fraction of constant's budget (the paper reports ≈ 0.4 for debias; 1.00 = as slow as constant; "
+          f"'≤' = already there at the first checkpoint, so the curves cannot say how much earlier; "
+          f"'not reached' = never within the budget).\n\n" +
+          markdown_table(["metric"] + others, rows))
 
 
 def x0_error_tables(study: StudyResults) -> list[str]:
@@ -386,8 +587,9 @@ def x0_error_tables(study: StudyResults) -> list[str]:
     if key == "x0_mse" and variance is not None:
       note = (f"\n\nPredicting the data mean scores {fmt(variance)} (the data variance per pixel): the ideal x0 "
               f"error at the highest noise.")
-    out.append(f"{label}, at step {study.last}:\n\n" + markdown_table(header, rows) + note)
-  first = [study.analysis.get((n, study.last), {}).get("first_step", {}) for n in study.names]
+    out.append(f"{label}, at step {study.last}, mean over the training seeds:\n\n" + markdown_table(header, rows)
+               + note)
+  first = [study.first_step(n) for n in study.names]
   rows = [["mean prediction vs data mean (MSE)"] + [fmt(f.get("mean_prediction_mse")) for f in first],
           ["channel shift of the mean prediction"] + [fmt(f.get("channel_shift")) for f in first]]
   if study.exact:
@@ -419,150 +621,194 @@ def color_tables(study: StudyResults, samplers: Sequence[str]) -> list[str]:
   return out
 
 
-def _compare_pair(a: float | None, b: float | None, noise: float | None) -> str:
-  if a is None or b is None:
-    return "n/a"
-  if noise is not None and abs(a - b) <= noise:
-    return "within noise"
-  return "lower" if a < b else "higher"
-
-
-def direction(a: float, b: float, tolerance: float = 0.01) -> str:
-  """Verdict on "a < b" for a metric without a noise estimate: differences under `tolerance` (relative) are ties."""
-  if abs(a - b) <= tolerance * max(abs(a), abs(b)):
-    return f"tie (within {100 * tolerance:g}%)"
-  return "agrees" if a < b else "does not agree"
-
-
-def _training_efficiency(study: StudyResults, noise: float | None) -> list[str] | None:
-  """debias against constant at every checkpoint of the training run."""
-  pairs = [(s, study.eval_fd("debias", s), study.eval_fd("constant", s)) for s in study.steps]
-  pairs = [(s, d, c) for s, d, c in pairs if d is not None and c is not None]
-  if not pairs:
+def judge(diffs: dict[int, float], sampling_spread: float | None, expected_sign: int) -> dict | None:
+  """efficiency.verdict on per-seed paired differences; an unmeasured sampling spread counts as 0 (each seed's
+  own evaluation noise is then inside the seed spread, since every training seed is scored with its own seed)."""
+  if not diffs:
     return None
-  lower = sum(d < c for _, d, c in pairs)
-  beyond = sum(c - d > (noise or 0.0) for _, d, c in pairs)
-  _, d_last, c_last = pairs[-1]
-  reach = next((s for s, d, _ in pairs if d <= c_last), None)
-  measured = (f"debias lower at {lower} of {len(pairs)} checkpoints ({beyond} by more than the noise); last: "
-              f"{fmt(d_last)} vs {fmt(c_last)}; debias reaches constant's final FD "
-              + (f"at step {reach} ({100 * reach / study.steps[-1]:.0f}% of the budget)" if reach is not None
-                 else "at no checkpoint"))
-  verdict = ("agrees" if beyond > len(pairs) / 2 and c_last - d_last > (noise or 0.0) else
-             "within noise" if abs(c_last - d_last) <= (noise or 0.0) else "does not agree")
+  result = efficiency.verdict(list(diffs.values()), sampling_spread or 0.0, expected_sign)
+  result["sampling_measured"] = sampling_spread is not None
+  result["differences"] = dict(diffs)
+  return result
+
+
+def describe(result: dict) -> str:
+  """The numbers behind a verdict: mean paired difference, each seed's, and the noise it is held against."""
+  seeds = ", ".join(f"{d:+.3g}" for d in result["differences"].values())
+  noise = ("no seed spread with one seed" if result["noise"] is None else
+           f"2×noise {fmt(2 * result['noise'])} (seed s.e. {fmt(result['seed_spread'])}, sampling "
+           + (fmt(result["sampling_spread"]) if result["sampling_measured"] else "not measured") + ")")
+  return f"mean difference {fmt(result['mean'])} (per seed {seeds}); {noise}"
+
+
+def _training_efficiency(study: StudyResults) -> list[str] | None:
+  """debias against constant: the FD at the last checkpoint, seed by seed, and the iterations to match."""
+  get = lambda a, t: study.eval_fd(a, study.last, t)
+  result = judge(paired(study, "debias", get), study.sampling_spread("debias"), -1)
+  if result is None:
+    return None
+  match = iterations_to_match(study, "debias", curve_metrics(study)[0][1])
+  reach = ("not reached" if match is None or match["fraction"] is None else
+           f"≤ {match['fraction']:.2f} of the budget (at the first checkpoint)" if match["iteration"] == study.steps[0]
+           else f"{match['fraction']:.2f} of the budget (step {match['iteration']:.4g})")
   return ["training efficiency: debias < constant at equal iterations",
           "FID lower at every checkpoint; debias at ≈40% of the iterations matches constant at 100%",
-          measured, verdict]
+          f"FD at step {study.last}: {describe(result)}; iterations to match constant's final FD: {reach}",
+          result["verdict"]]
 
 
-def _sampling_efficiency(study: StudyResults, noise: float | None) -> list[str] | None:
+def _combine(results: list[dict]) -> str:
+  """One verdict over several claims that must all hold: supported if every one is, contradicted if every one is."""
+  verdicts = {r["verdict"] for r in results}
+  return verdicts.pop() if len(verdicts) == 1 and verdicts != {efficiency.NOT_SUPPORTED} else (
+      efficiency.NOT_SUPPORTED)
+
+
+def _sampling_efficiency(study: StudyResults) -> list[str] | None:
   """debias against constant at every sampler setting of the sweep, on the last checkpoint."""
-  sweep = [(s, n, study.metric("debias", study.last, s, n), study.metric("constant", study.last, s, n))
-           for s, n in study.sweep]
-  sweep = [x for x in sweep if x[2] is not None and x[3] is not None]
-  if not sweep:
+  spread = study.sampling_spread("debias")
+  results = [(s, n, judge(paired(study, "debias", lambda a, t, s=s, n=n: study.metric(a, study.last, s, n, t)),
+                          spread, -1)) for s, n in study.sweep]
+  results = [x for x in results if x[2] is not None]
+  if not results:
     return None
-  lower = sum(d < c for *_, d, c in sweep)
-  beyond = sum(c - d > (noise or 0.0) for *_, d, c in sweep)
-  fewest = min(sweep, key=lambda x: int(x[1]))
-  measured = (f"debias lower at {lower} of {len(sweep)} sampler settings ({beyond} by more than the noise); "
-              f"fewest steps ({fewest[0]} {fewest[1]}): {fmt(fewest[2])} vs {fmt(fewest[3])}")
-  verdict = "agrees" if beyond > len(sweep) / 2 else ("does not agree" if lower < len(sweep) / 2
-                                                      else "within noise")
+  counts = {v: sum(r["verdict"] == v for *_, r in results) for v in
+            (efficiency.SUPPORTED, efficiency.CONTRADICTED, efficiency.NOT_SUPPORTED)}
+  fewest = min(results, key=lambda x: int(x[1]))
+  measured = (f"per sampler setting: {counts[efficiency.SUPPORTED]} supported, "
+              f"{counts[efficiency.CONTRADICTED]} contradicted, {counts[efficiency.NOT_SUPPORTED]} not supported "
+              f"of {len(results)}; fewest steps ({fewest[0]} {fewest[1]}): {describe(fewest[2])}; sampling spread "
+              f"taken from the eval sampler's 2nd sample seed")
   return ["sampling efficiency: debias < constant at every number of steps",
-          "FID lower at 20–1000 steps, most at few steps", measured, verdict]
+          "FID lower at 20–1000 steps, most at few steps", measured, _combine([r for *_, r in results])]
 
 
 def _ranking(study: StudyResults) -> list[str] | None:
-  """The order of the eps weightings by the metric at the last checkpoint."""
+  """The order of the eps weightings at the last checkpoint: debias below each other, constant above each other."""
   weightings = [n for n in ("constant", "p2", "min_snr", "debias") if n in study.names]
-  values = {n: study.eval_fd(n, study.last) for n in weightings}
-  if len(weightings) < 3 or any(v is None for v in values.values()):
+  if len(weightings) < 3:
     return None
-  order = sorted(values, key=values.get)
-  measured = " < ".join(f"{n} ({fmt(values[n])})" for n in order)
-  verdict = ("agrees" if order[0] == "debias" and order[-1] == "constant" else
-             "partly" if order[0] == "debias" or order[-1] == "constant" else "does not agree")
+  get = lambda a, t: study.eval_fd(a, study.last, t)
+  means = {n: study.mean(lambda t, n=n: get(n, t)) for n in weightings}
+  if any(v is None for v in means.values()):
+    return None
+  pairs = [("debias", n, -1) for n in weightings if n != "debias"]
+  pairs += [("constant", n, +1) for n in weightings if n not in ("debias", "constant")]
+  results = [judge(paired(study, a, get, b), study.sampling_spread(a, b), sign) for a, b, sign in pairs]
+  if any(r is None for r in results):
+    return None
+  order = sorted(means, key=means.get)
+  measured = (" < ".join(f"{n} ({fmt(means[n])})" for n in order) + "; pairwise: " +
+              "; ".join(f"{a} {'<' if sign < 0 else '>'} {b}: {r['verdict']}" for (a, b, sign), r in
+                        zip(pairs, results)))
   return ["ranking of the ε weightings at the last checkpoint", "debias < P2 ≈ Min-SNR < constant", measured,
-          verdict]
+          _combine(results)]
 
 
 def _bias_verdicts(study: StudyResults) -> list[list[str]]:
   """debias against constant in the bias study: x0 error at high noise, and on the mixture the exact bias and the
-  exact sample quality."""
+  exact sample quality. No second sample seed is drawn there: the sampling spread counts as 0."""
   rows = []
-  high = [study.band_mean(n, "x0_mse", None, HIGH_NOISE_SNR) for n in ("debias", "constant")]
-  low = [study.band_mean(n, "x0_mse", LOW_NOISE_SNR, None) for n in ("debias", "constant")]
-  if None not in high:
-    measured = (f"SNR < {HIGH_NOISE_SNR}: {fmt(high[0])} vs {fmt(high[1])}" +
-                (f"; SNR ≥ {LOW_NOISE_SNR}: {fmt(low[0])} vs {fmt(low[1])}" if None not in low else ""))
+  x0 = judge(paired(study, "debias", lambda a, t: study.band_mean(a, "x0_mse", None, HIGH_NOISE_SNR, tseed=t)),
+             None, -1)
+  if x0 is not None:
+    low = [study.band_mean(n, "x0_mse", LOW_NOISE_SNR, None) for n in ("debias", "constant")]
     rows.append(["x0 error at high noise: debias < constant", "clearly lower at SNR < 0.1, similar at low noise",
-                 measured, "agrees" if high[0] < high[1] else "does not agree"])
+                 f"SNR < {HIGH_NOISE_SNR}: {describe(x0)}" +
+                 (f"; SNR ≥ {LOW_NOISE_SNR} (means): {fmt(low[0])} vs {fmt(low[1])}" if None not in low else ""),
+                 x0["verdict"]])
   if not study.exact:
     return rows
-  bias = [study.band_mean(n, "bias_mse", None, HIGH_NOISE_SNR) for n in ("debias", "constant")]
-  if None not in bias:
+  bias = judge(paired(study, "debias", lambda a, t: study.band_mean(a, "bias_mse", None, HIGH_NOISE_SNR, tseed=t)),
+               0.0, -1)
+  if bias is not None:
     rows.append(["exact bias at high noise (mixture): debias < constant",
                  "the bias lives at high noise; debias removes most of it",
-                 f"SNR < {HIGH_NOISE_SNR}: {fmt(bias[0])} vs {fmt(bias[1])}", direction(*bias)])
-  mmd = [(study.color_row(n, study.eval_name, int(study.eval_steps)) or {}).get("mmd") for n in ("debias", "constant")]
-  if None not in mmd:
+                 f"SNR < {HIGH_NOISE_SNR}: {describe(bias)}", bias["verdict"]])
+  count = int(study.eval_steps)
+  mmd = judge(paired(study, "debias", lambda a, t: (study.color_row(a, study.eval_name, count, tseed=t) or {})
+                     .get("mmd")), None, -1)
+  if mmd is not None:
     rows.append(["exact sample quality (mixture): debias < constant", "better samples",
-                 f"MMD² ({study.eval_name} {study.eval_steps}): {fmt(mmd[0])} vs {fmt(mmd[1])}", direction(*mmd)])
+                 f"MMD² ({study.eval_name} {study.eval_steps}): {describe(mmd)}", mmd["verdict"]])
   return rows
 
 
 def _colour_shift(study: StudyResults) -> list[str] | None:
-  """debias against constant: the mean RMS colour shift of samples with few sampling steps."""
-  shifts = {}
-  for name in ("debias", "constant"):
-    result = study.analysis.get((name, study.last))
-    if result:
-      few = [rms(r["channel_shift"]) for curve in result["color_shift"]["samplers"].values() for r in curve
-             if int(r["steps"]) <= FEW_STEPS]
-      if few:
-        shifts[name] = float(np.mean(few))
-  if len(shifts) < 2:
+  """debias against constant: the mean RMS colour shift of samples with few sampling steps, seed by seed."""
+  def shift(arm, tseed):
+    result = study.analysis.get((arm, tseed, study.last))
+    if not result:
+      return None
+    few = [rms(r["channel_shift"]) for curve in result["color_shift"]["samplers"].values() for r in curve
+           if int(r["steps"]) <= FEW_STEPS]
+    return float(np.mean(few)) if few else None
+  result = judge(paired(study, "debias", shift), None, -1)
+  if result is None:
     return None
   return [f"colour shift with ≤ {FEW_STEPS} sampling steps: debias < constant",
           "constant: strong colour casts; debias: natural colour at every step count",
-          f"mean RMS shift (0–255): {fmt(shifts['debias'])} vs {fmt(shifts['constant'])}",
-          direction(shifts["debias"], shifts["constant"])]
+          f"mean RMS shift (0–255): {describe(result)}", result["verdict"]]
 
 
-def _target_invariance(study: StudyResults, noise: float | None) -> list[str] | None:
-  """The debias objective trained as v-prediction against the same as eps-prediction."""
-  v, d = study.eval_fd("v", study.last), study.eval_fd("debias", study.last)
-  if v is None or d is None:
+def _target_invariance(study: StudyResults) -> list[str] | None:
+  """The debias objective trained as v-prediction against the same as eps-prediction (an equivalence claim: the
+  rule can only contradict it, by a difference of either sign beyond the noise)."""
+  get = lambda a, t: study.eval_fd(a, study.last, t)
+  diffs = paired(study, "v", get, "debias")
+  spread = study.sampling_spread("v", "debias")
+  results = [judge(diffs, spread, sign) for sign in (-1, 1)]
+  if results[0] is None:
     return None
-  return ["target invariance: the debias objective as v-prediction ≈ as ε-prediction",
-          "the weight, not the target, matters", f"{fmt(v)} vs {fmt(d)}",
-          _compare_pair(v, d, noise) if _compare_pair(v, d, noise) == "within noise" else
-          "differs beyond noise" if noise is not None else "differs (noise unknown)"]
+  differs = any(r["verdict"] == efficiency.SUPPORTED for r in results)
+  return ["target invariance: debias in v form ≈ debias in ε form",
+          "the weight, not the target, matters", f"FD v-form − ε-form: {describe(results[0])}",
+          efficiency.CONTRADICTED if differs else efficiency.NOT_SUPPORTED + " (no difference beyond 2×noise; "
+          "the rule cannot support an equivalence)"]
 
 
 def verdicts(study: StudyResults) -> list[list[str]]:
-  """[claim, paper, measured, verdict] rows, computed from the numbers."""
-  noise = study.fd_noise()
+  """[claim, paper, measured, verdict] rows, computed from the numbers by the rule of efficiency.verdict."""
   have = set(study.names)
   both = {"constant", "debias"} <= have
-  rows = [_training_efficiency(study, noise), _sampling_efficiency(study, noise)] if both else []
+  rows = [_training_efficiency(study), _sampling_efficiency(study)] if both else []
   rows.append(_ranking(study))
   if both:
     rows += _bias_verdicts(study) + [_colour_shift(study)]
   if {"v", "debias"} <= have:
-    rows.append(_target_invariance(study, noise))
+    rows.append(_target_invariance(study))
   return [row for row in rows if row is not None]
+
+
+def verdict_rule(study: StudyResults) -> str:
+  """The rule, stated before any number, and what this study's number of seeds can show."""
+  n = len(study.seeds)
+  can = ("With one training seed no spread over seeds can be measured, so **no claim can be supported or "
+         "contradicted**: every verdict below is \"not supported\" by construction and the numbers are descriptive "
+         "only." if n < 2 else
+         f"With {n} training seeds, all signs agree by chance with probability 2^(1−{n}) = {2 ** (1 - n):.2g} when "
+         f"there is no true difference, and the seed spread is estimated from {n} values only, so \"supported\" "
+         f"means a difference in this setup (this data, model size, learning rate and budget), not a measurement "
+         f"of its size; \"not supported\" means this study cannot tell, not that there is no effect.")
+  return ("**Verdict rule (fixed in advance, `experiments/efficiency.py`).** Each claim compares an arm with "
+          "constant (or the arms it names) seed by seed: d_s = arm − constant for training seed s (the same seed "
+          "gives both the same init, data order, t and noise). noise = sqrt(seed² + sampling²), where seed = "
+          "s.d.(d_s)/√n, the standard error of the mean difference over the n training seeds, and sampling = the "
+          "s.d. over sample seeds of the mean difference (the last checkpoint scored again with a second sample "
+          "seed; for metrics not rescored it counts as 0, their evaluation noise being inside the seed spread, "
+          "since every training seed is scored with its own sample seed). A claim is **supported** only if every "
+          "d_s has the claimed sign and |mean d| > 2·noise; **contradicted** if every d_s has the opposite sign "
+          "and |mean d| > 2·noise; **not supported** otherwise. " + can)
 
 
 NOT_REPRODUCED = """\
 What this study is not: the paper trains the 93M-parameter lightweight ADM for 200k–1M iterations on 256 px faces
 and scores FID-10k with Inception-v3. Here every arm is a small UNet trained for a few hundred to a few thousand
 iterations on CPU-sized offline data, scored by a Fréchet distance in a stand-in feature space (digits,
-photo_patches) or pixel space with exact likelihood/MMD/bias (Gaussian mixture), from one training seed and a few
-hundred samples. Absolute numbers are not comparable with the paper's; only the directions of the differences
-are, and only where they exceed the sampling noise shown above. DPM-Solver and UniPC, the 1M-iteration training
-curve and several training seeds are not part of these presets (the first two are one config line away:
+photo_patches) or pixel space with exact likelihood/MMD/bias (Gaussian mixture), from a few training seeds
+(compare.seeds) and a few hundred samples. Absolute numbers are not comparable with the paper's; only the
+directions of the differences are, and only where the rule above supports them. DPM-Solver and UniPC and the
+1M-iteration training curve are not part of these presets (the first two are one config line away:
 compare.sweep accepts any sampler, e.g. 'dpm_solver++:20')."""
 
 
@@ -608,7 +854,8 @@ def _intro(study: StudyResults) -> str:
   c = study.config
   return (f"Reproduction of the comparisons of *Unmasking Bias in Diffusion Model Training* (ECCV 2024) "
           f"at small scale: {len(study.arms)} arms with the same data "
-          f"(`{c.data.name}`, {c.data.image_size}×{c.data.image_size}×{c.data.channels}), seed {study.seed}, "
+          f"(`{c.data.name}`, {c.data.image_size}×{c.data.image_size}×{c.data.channels}), training seeds "
+          f"{', '.join(str(s) for s in study.seeds)} (each arm trained once per seed), "
           f"model ({c.model.model_channels} channels, channel_mult {tuple(c.model.channel_mult)}, learned "
           f"variances: {bool(c.model.learn_sigma)}), optimiser (AdamW lr {c.optim.learning_rate:g}, batch "
           f"{c.train.batch_size}, EMA {tuple(c.ema_rates)}) and {c.train.num_steps} iterations; "
@@ -617,10 +864,10 @@ def _intro(study: StudyResults) -> str:
 
 def _verdicts_section(study: StudyResults) -> str:
   noise = study.fd_noise()
-  lines = ["## Verdicts\n",
+  lines = ["## Verdicts\n", verdict_rule(study) + "\n",
            "Each claim of the paper against this run's numbers (debias vs constant unless stated). The Fréchet "
-           "distance's own sampling noise, |FD(seed) − FD(2nd seed)| of the same checkpoint maximised over the arms, "
-           f"is **{fmt(noise)}**" + (f"; {study.num_samples} real examples score **{fmt(study.floor.get('fid'))}** "
+           "distance's own sampling noise, |FD(sample seed) − FD(2nd sample seed)| of the same checkpoint maximised "
+           f"over the arms and training seeds, is **{fmt(noise)}**" + (f"; {study.num_samples} real examples score **{fmt(study.floor.get('fid'))}** "
                                      f"(the floor at this sample count"
                                      + ("" if study.floor.get("independent_of_reference") else
                                         ", drawn from the reference set so slightly optimistic") + ")"
@@ -628,6 +875,9 @@ def _verdicts_section(study: StudyResults) -> str:
   rows = verdicts(study)
   lines.append(markdown_table(["claim", "paper", "measured (debias vs constant)", "verdict"], rows) if rows
                else "No results yet.")
+  for table in (match_table(study), paired_table(study)):
+    if table:
+      lines.append("\n" + table)
   lines.append("\n" + NOT_REPRODUCED)
   return "\n".join(lines)
 
@@ -661,8 +911,8 @@ def _result_sections(study: StudyResults, figures: bool) -> list[str]:
   sections.append("## Per-t x0 error (the bias)\n\n" + "\n\n".join(x0_error_tables(study)) +
                   (f"\n\n![x0 error]({figure})" if figure else ""))
   samplers = list(dict.fromkeys(name for n in study.names
-                                for name in (study.analysis.get((n, study.last)) or {}).get("color_shift", {})
-                                .get("samplers", {})))
+                                for result in study.results(n)
+                                for name in result.get("color_shift", {}).get("samplers", {})))
   if samplers:
     sections.append(_colour_section(study, samplers, draw(figure_color, study, samplers)))
   return sections

@@ -16,7 +16,7 @@ FULL_SWEEP = tuple(f"{sampler}:{steps}" for sampler in ("ddim", "ddpm") for step
 
 def add_compare_section(config, *, title: str, arms=ALL_ARMS, num_checkpoints: int = 5,
                         eval_sampler: str = "ddim:20", sweep=FULL_SWEEP, second_seed_offset: int = 1,
-                        exact_every_checkpoint: bool = False, final_step: int = 0):
+                        exact_every_checkpoint: bool = False, final_step: int = 0, seeds=None):
   """Adds config.compare (see the field comments) and returns the config."""
   config.compare = c = ml_collections.ConfigDict()
   c.title = title
@@ -27,6 +27,9 @@ def add_compare_section(config, *, title: str, arms=ALL_ARMS, num_checkpoints: i
   c.second_seed_offset = second_seed_offset   # > 0: last checkpoint rescored with seed + offset (metric noise)
   c.exact_every_checkpoint = exact_every_checkpoint  # gmm: exact bias and sample quality at every checkpoint
   c.final_step = final_step                   # checkpoint of the sweep, 2nd seed and bias analysis (0 = the last)
+  # Training seeds: every arm trains once per seed (init, data order, t, noise); the first in DIR/arms/<arm>, the
+  # others in DIR/arms/<arm>-seed<N>. One seed cannot support a claim (no seed spread): see REPORT.md's rule.
+  c.seeds = tuple(int(s) for s in (seeds if seeds is not None else (config.seed,)))
   return config
 
 
