@@ -111,7 +111,7 @@ def module_test_names() -> dict[str, str]:
           if not path.endswith("__init__.py") and ".configs" not in module}
 
 
-def test_files() -> set[str]:
+def existing_test_files() -> set[str]:
   folder = os.path.dirname(os.path.abspath(__file__))
   return {name[:-len("_test.py")] for name in os.listdir(folder) if name.endswith("_test.py")}
 
@@ -119,7 +119,7 @@ def test_files() -> set[str]:
 class CodeRulesTest(absltest.TestCase):
 
   def test_every_module_has_its_test_file(self):
-    modules, tests = module_test_names(), test_files()
+    modules, tests = module_test_names(), existing_test_files()
     missing = sorted(name for name in modules if name not in tests and name not in TESTED_THROUGH)
     self.assertEmpty(missing, "modules without tests/<folder>_<module>_test.py or an entry in TESTED_THROUGH")
     self.assertEmpty(sorted(n for n in TESTED_THROUGH if n in tests or n not in modules),
@@ -128,7 +128,7 @@ class CodeRulesTest(absltest.TestCase):
                                                                                     "missing test file")
 
   def test_every_test_file_names_its_module(self):
-    strays = sorted(t for t in test_files() if t not in module_test_names() and t not in ACROSS_MODULES)
+    strays = sorted(t for t in existing_test_files() if t not in module_test_names() and t not in ACROSS_MODULES)
     self.assertEmpty(strays, "test files that name no module: rename them, or list them in ACROSS_MODULES")
 
   def test_no_long_functions(self):
