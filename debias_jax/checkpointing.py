@@ -228,6 +228,18 @@ def checkpoint_dir(workdir: str) -> str:
 # Train states in a workdir: their provenance (the config), restoring one, writing imported params as one.
 
 
+def saved_steps(workdir: str) -> list[int]:
+  """The committed checkpoint steps of a workdir, in order ([] if it has none)."""
+  directory = checkpoint_dir(workdir)
+  if not epath.Path(directory).is_dir():
+    return []
+  checkpointer = Checkpointer(directory, async_save=False)
+  try:
+    return sorted(checkpointer.all_steps())
+  finally:
+    checkpointer.close()
+
+
 def save_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
     storage.write_atomic(epath.Path(workdir) / "config.json", config.to_json_best_effort(indent=2))

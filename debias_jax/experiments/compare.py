@@ -77,17 +77,6 @@ def timed(workdir: str, phase: str, arm: str = "", seed: int | None = None) -> I
                   "seconds": round(time.time() - start, 2), "end": time.time()})
 
 
-def saved_steps(workdir: str) -> list[int]:
-  directory = checkpointing.checkpoint_dir(workdir)
-  if not epath.Path(directory).is_dir():
-    return []
-  checkpointer = checkpointing.Checkpointer(directory, async_save=False)
-  try:
-    return sorted(checkpointer.all_steps())
-  finally:
-    checkpointer.close()
-
-
 # What makes two trainings the same up to their length: a resumed study must not mix in arms trained otherwise.
 TRAINING_FIELDS = ("seed", "data", "model", "diffusion", "loss", "optim", "ema_rates", "train.batch_size",
                    "train.steps_per_call")
@@ -110,13 +99,13 @@ def train_arm(config, workdir: str, arm: plan.Arm, seed: int) -> None:
   directory = plan.run_dir(config, workdir, arm, seed)
   planned = plan.checkpoint_steps(config)
   with timed(workdir, "train", arm.name, seed) as info:
-    if set(planned) <= set(saved_steps(directory)):
+    if set(planned) <= set(checkpointing.saved_steps(directory)):
       info["skipped"] = True
       return
     logging.info("Training arm %s (%s-prediction, weighting %s), seed %d, in %s.", arm.name, arm.target,
                  arm.weighting, seed, directory)
     train.train_and_evaluate(c, directory)   # preemption.Preempted if stopped early
-  missing = sorted(set(planned) - set(saved_steps(directory)))
+  missing = sorted(set(planned) - set(checkpointing.saved_steps(directory)))
   if missing:
     raise checkpointing.CheckpointError(
         f"Arm {arm.name} finished training but its checkpoints at steps {missing} are gone from "

@@ -51,15 +51,10 @@ def _build_each(pairs, build: Callable) -> None:
 
 def available_steps(workdir: str) -> list[int]:
   """The checkpoint steps in workdir, or a CheckpointError saying what to run first."""
-  directory = checkpointing.checkpoint_dir(workdir)
-  steps = []
-  if epath.Path(directory).is_dir():
-    checkpointer = checkpointing.Checkpointer(directory, async_save=False)
-    steps = sorted(checkpointer.all_steps())
-    checkpointer.close()
+  steps = checkpointing.saved_steps(workdir)
   if not steps:
     raise checkpointing.CheckpointError(
-        f"No checkpoints in {storage.absolute(directory)}. Train first: python -m debias_jax.main "
+        f"No checkpoints in {storage.absolute(checkpointing.checkpoint_dir(workdir))}. Train first: python -m debias_jax.main "
         f"--config=<the config> --workdir={workdir} (--mode train), then rerun --mode eval.")
   return steps
 
