@@ -348,6 +348,27 @@ class VerdictTest(parameterized.TestCase):
     self.assertEqual(table[0][1:3], [report.DASH, "1.5"])
     self.assertIn("No bias analysis", text)
 
+  def test_colour_shift_net_of_the_exact_denoiser(self):
+    """On gmm, a third table subtracts the exact denoiser's shift (same sampler and steps) from each arm's."""
+    shifts = {("constant", False): [3.0, -1.0, 0.5], ("debias", False): [1.0, 0.0, 0.25],
+              ("constant", True): [0.5, 0.5, 0.5]}
+
+    class Study:   # the attributes and rows color_tables reads, with known shifts at 5 steps
+      names, channels, exact, last = ["constant", "debias"], 3, True, 10
+
+      def color_rows(self, arm, sampler, exact=False):
+        return [self.color_row(arm, sampler, 5, exact)]
+
+      def color_row(self, arm, sampler, steps, exact=False):
+        return {"steps": steps, "channel_shift": shifts[("constant" if exact else arm, exact)], "channel_fd": 1.0}
+
+    tables = report.color_tables(Study(), ["ddim"])
+    self.assertLen(tables, 3)
+    self.assertIn("net of the exact denoiser", tables[1])
+    self.assertEqual(markdown_tables(tables[1])[0], [["5", "+2.50/-1.50/+0.00", "+0.50/-0.50/-0.25"]])
+    Study.exact = False
+    self.assertLen(report.color_tables(Study(), ["ddim"]), 2)   # no exact denoiser, no net table
+
   def test_fmt(self):
     self.assertEqual(report.fmt(None), report.DASH)
     self.assertEqual(report.fmt(float("nan")), report.DASH)

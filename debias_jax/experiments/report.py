@@ -599,6 +599,11 @@ def x0_error_tables(study: StudyResults) -> list[str]:
   return out
 
 
+def net_shift(row: dict, exact: dict) -> list[float]:
+  """An arm's signed channel shift minus the exact denoiser's at the same sampler and steps."""
+  return [float(a) - float(e) for a, e in zip(row["channel_shift"], exact["channel_shift"])]
+
+
 def color_tables(study: StudyResults, samplers: Sequence[str]) -> list[str]:
   out = []
   unit = "brightness" if study.channels == 1 else "per-channel (" + "/".join("RGB"[:study.channels]) + ")"
@@ -607,15 +612,21 @@ def color_tables(study: StudyResults, samplers: Sequence[str]) -> list[str]:
     if not steps:
       continue
     extra = ["exact denoiser"] if study.exact else []
-    rows, fd_rows = [], []
+    rows, fd_rows, net_rows = [], [], []
     for count in steps:
       cells = [study.color_row(n, sampler, count) for n in study.names]
       exact = [study.color_row(study.names[0], sampler, count, exact=True)] if study.exact else []
       rows.append([str(count)] + [fmt(None if c is None else c["channel_shift"]) for c in cells + exact])
       fd_rows.append(_row_with_best(str(count), [None if c is None else c["channel_fd"] for c in cells]) +
                      [fmt(None if e is None else e["channel_fd"]) for e in exact])
+      if exact and exact[0] is not None:
+        net_rows.append([str(count)] + [fmt(None if c is None else net_shift(c, exact[0])) for c in cells])
     out.append(f"`{sampler}`: mean {unit} shift of samples against the data (0–255 scale, signed), step "
                f"{study.last}:\n\n" + markdown_table(["steps"] + study.names + extra, rows))
+    if net_rows:
+      out.append(f"`{sampler}`: the same shift net of the exact denoiser's under this sampler (arm − exact: what "
+                 f"training leaves, the discretisation's own shift removed):\n\n" +
+                 markdown_table(["steps"] + study.names, net_rows))
     out.append(f"`{sampler}`: Fréchet distance between the per-image channel-mean distributions of samples and "
                f"data (squared 0–255 units):\n\n" + markdown_table(["steps"] + study.names + extra, fd_rows))
   return out
