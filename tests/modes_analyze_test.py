@@ -15,6 +15,7 @@ from PIL import Image
 from debias_jax import builders
 from debias_jax import config_checks
 from debias_jax.analysis import color
+from debias_jax.analysis import exact_metrics
 from debias_jax.modes import analyze
 from debias_jax.data import pipeline
 from debias_jax.models import unet
@@ -40,6 +41,7 @@ class AnalyzeModeTest(absltest.TestCase):
     images = np.concatenate([b["image"][b["mask"]] for b in pipeline.create_eval_iterator(
         cls.config.data, batch_size=50, num_examples=50)])
     cls.data = images.astype(np.float64)
+    cls.mixture = pipeline.get_gmm(cls.config.data)
 
   def test_x0_errors_of_a_zero_estimate(self):
     rows = self.result["x0_error"]["buckets"]
@@ -64,6 +66,11 @@ class AnalyzeModeTest(absltest.TestCase):
       self.assertEqual(row["num_samples"], 20)
       np.testing.assert_allclose(row["channel_shift"], 127.5 - data_channels, atol=1e-6)
       self.assertIn("mmd", row)
+      # exact responsibilities of the all-zero samples against the mixture weights (exact_metrics' closed forms
+      # are tested in analysis_exact_metrics_test): the study records that TV for every sampler setting
+      zeros = np.zeros((20,) + tuple(self.mixture.shape), np.float32)
+      self.assertAlmostEqual(row["component_tv"], exact_metrics.component_tv(self.mixture, zeros)["component_tv"],
+                             places=6)
     self.assertEqual([r["steps"] for r in self.result["color_shift"]["exact_denoiser"]["ddim"]], [2, 3])
     summary = self.result["summary"]
     np.testing.assert_allclose(summary["x0_mse_high_noise"], np.mean(self.data ** 2), rtol=1e-5)

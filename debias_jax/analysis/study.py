@@ -32,6 +32,7 @@ from debias_jax import storage
 from debias_jax.analysis import bias
 from debias_jax.analysis import color
 from debias_jax.analysis import exact_denoiser
+from debias_jax.analysis import exact_metrics
 from debias_jax.analysis import plots
 from debias_jax.data import pipeline
 
@@ -167,11 +168,13 @@ class AnalysisRun:
                **color.color_shift_from_means(color.channel_means(images), data["channel_means"])}
         if self.mixture is not None:
           row.update(exact_denoiser.sample_quality(self.mixture, images, data["images"]))
+          row.update(exact_metrics.component_tv(self.mixture, images))
           exact = self._exact_samples(name, steps)
           exact_results[name].append({"sampler": name, "steps": int(steps),
                                       **color.color_shift_from_means(color.channel_means(exact),
                                                                      data["channel_means"]),
-                                      **exact_denoiser.sample_quality(self.mixture, exact, data["images"])})
+                                      **exact_denoiser.sample_quality(self.mixture, exact, data["images"]),
+                                      **exact_metrics.component_tv(self.mixture, exact)})
         results[name].append(row)
         strip.append(pixels.to_uint8(images[:STRIP_IMAGES]))
         logging.info("Colour shift, %s with %s steps: %s", name, steps,
@@ -239,7 +242,8 @@ def scalars(result: dict) -> dict[str, float]:
     for sampler_name, rows in curves.items():
       for row in rows:
         prefix = f"{group}/{sampler_name}/steps{row['steps']:04d}"
-        for name in ("channel_fd", "r_minus_g_shift", "b_minus_g_shift", "mmd", "log_likelihood_gap"):
+        for name in ("channel_fd", "r_minus_g_shift", "b_minus_g_shift", "mmd", "log_likelihood_gap",
+                     "component_tv"):
           if name in row:
             out[f"{prefix}/{name}"] = row[name]
         for c, value in enumerate(row["channel_shift"]):

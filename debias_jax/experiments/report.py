@@ -460,6 +460,9 @@ def curve_metrics(study: StudyResults) -> list[tuple[str, object]]:
             ("log-likelihood gap (nats/dim; data − samples)",
              lambda a, s, t: (study.color_row(a, study.eval_name, count, step=s, tseed=t) or {})
              .get("log_likelihood_gap")),
+            ("total variation of sampled component frequencies from the mixture weights",
+             lambda a, s, t: (study.color_row(a, study.eval_name, count, step=s, tseed=t) or {})
+             .get("component_tv")),
             (f"exact bias E|x̂0 − E[x0|x_t]|², SNR < {HIGH_NOISE_SNR}",
              lambda a, s, t: study.band_mean(a, "bias_mse", None, HIGH_NOISE_SNR, s, t))]
   return out
