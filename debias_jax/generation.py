@@ -87,6 +87,13 @@ def sample_labels(config, num: int, given=()) -> np.ndarray | None:
   return np.resize(labels, num).astype(np.int32)
 
 
+def fed_labels(config, num: int) -> np.ndarray:
+  """The labels a compiled program is fed for `num` samples: all classes in turn (zeros, unused, if
+  unconditional)."""
+  labels = sample_labels(config, num)
+  return np.zeros(num, np.int32) if labels is None else labels
+
+
 def sample_rng(config) -> jax.Array:
   return jax.random.fold_in(jax.random.key(int(config.seed)), SAMPLE_KEY)
 
@@ -117,9 +124,7 @@ class Generator:
     return self._programs[key]
 
   def labels(self, num: int) -> np.ndarray:
-    """The labels a program is fed for `num` samples: all classes in turn (zeros, unused, if unconditional)."""
-    labels = sample_labels(self.config, num)
-    return np.zeros(num, np.int32) if labels is None else labels
+    return fed_labels(self.config, num)
 
   def batches(self, params, num: int, rng, *, batch_size: int | None = None, sampler: str | None = None,
               steps=None, labels: np.ndarray | None = None,

@@ -130,7 +130,7 @@ class AnalysisRun:
     x_T = np.asarray(jax.random.normal(jax.random.fold_in(self.rng, 0xF1), (num,) + self.image_shape))
     # Padded with zeros to a multiple of the device count (batch_size is one, so every chunk splits evenly).
     padded = np.concatenate([x_T, np.zeros(((-num) % devices,) + self.image_shape, x_T.dtype)])
-    labels = np.arange(len(padded), dtype=np.int32) % max(self.num_classes, 1)
+    labels = generation.fed_labels(self.config, len(padded))
     chunk = int(self.a.batch_size)
     outputs = []
     for start in range(0, len(padded), chunk):
