@@ -254,6 +254,7 @@ class FakeTpuTest(absltest.TestCase):
   def setUp(self):
     super().setUp()
     self.tmp = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
     bin_dir = os.path.join(self.tmp, "bin")
     os.makedirs(bin_dir)
     gcloud = os.path.join(bin_dir, "gcloud")
@@ -288,7 +289,7 @@ class FakeTpuTest(absltest.TestCase):
 
   def test_a_detached_run_trains_and_stops_on_request_with_a_checkpoint(self):
     shutil.copytree(test_util.REPO, os.path.join(self.worker, "debias_jax"),
-                    ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info"))
+                    ignore=shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", "*.egg-info"))
     workdir = os.path.join(self.tmp, "run")
     args = ["--config.model.channel_mult=(1,)", "--config.model.attention_resolutions=()",
             "--config.train.num_steps=1000000", "--config.train.log_every=1", "--config.train.checkpoint_every=0",
