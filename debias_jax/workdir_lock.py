@@ -9,7 +9,7 @@ raises `WorkdirLockLostError`.
 
 A lock is stale, and taken over, when its holder is gone:
 - holder on this machine (same hostname, boot id and pid namespace): at once, when its pid is dead, a zombie,
-  exiting (SIGKILLed, still freeing its memory) or reused by another process (its /proc start time differs);
+  sent SIGKILL (not yet acted on, or still freeing its memory) or reused by another process (its /proc start time differs);
 - holder elsewhere (another host of a shared filesystem or object store): once it has not been refreshed for the
   holder's `lease_s`. By default `acquire()` waits for that when the holder has already missed two heartbeats,
   so a run restarted on other hosts after a SIGKILL starts within one lease instead of failing.
@@ -47,6 +47,7 @@ import dataclasses
 import datetime
 import errno
 import json
+import signal
 import os
 import socket
 import threading
@@ -86,6 +87,20 @@ def _read_text(path: str) -> str | None:
 
 
 _PF_EXITING = 0x4  # the kernel's flag for a process tearing down (SIGKILLed, freeing its memory)
+_SIGKILL_BIT = 1 << (signal.SIGKILL - 1)  # in /proc/<pid>/status's pending-signal masks
+
+
+def _sigkill_pending(pid: int) -> bool:
+  """Whether `pid` has been sent SIGKILL that it has not yet acted on.
+
+  kill(2) returns once the signal is queued, before the target runs to set its exiting flag: in that window only
+  the pending mask shows that the process is already as good as dead.
+  """
+  for line in (_read_text(f"/proc/{pid}/status") or "").splitlines():
+    name, _, mask = line.partition(":")
+    if name in ("SigPnd", "ShdPnd") and int(mask, 16) & _SIGKILL_BIT:
+      return True
+  return False
 
 
 def _proc_stat(pid: int) -> tuple[str, int, int] | None:
@@ -155,11 +170,12 @@ class LockInfo:
       return False
     except PermissionError:
       pass  # exists, owned by another user
+    killed = _sigkill_pending(self.pid)  # read before the flags: SIGKILL leaves the mask as the exiting flag is set
     stat = _proc_stat(self.pid)
     if stat is None:
       return not os.path.isdir("/proc/self")  # with /proc, a missing entry means it has just exited
     state, flags, start = stat
-    if state in ("Z", "X") or flags & _PF_EXITING:  # a zombie, or killed and still freeing a large address space
+    if killed or state in ("Z", "X") or flags & _PF_EXITING:  # a zombie, or killed and still freeing a large address space
       return False
     return self.process_start is None or start == self.process_start
 
