@@ -86,6 +86,21 @@ try:
   report["missing"] = "loaded"
 except flags.IllegalFlagValueError as e:
   report["missing"] = str(e)
+def flat(tree, prefix=""):
+  return {k: v for key, value in tree.items()
+          for k, v in (flat(value, prefix + key + ".") if isinstance(value, dict) else {prefix + key: value}).items()}
+
+
+report["learning_rate_axis"] = {}   # the presets' :low_lr variants: a quarter of the rate, nothing else
+for name in ("configs/compare/gmm.py", "configs/compare/digits.py"):
+  base, low = load(name), load(name + ":low_lr")
+  changed = sorted(k for k, v in flat(base.to_dict()).items() if flat(low.to_dict())[k] != v)
+  report["learning_rate_axis"][name] = [base.optim.learning_rate, low.optim.learning_rate, validate(low), changed]
+try:
+  load("configs/compare/gmm.py:fast")
+  report["bad_variant"] = "loaded"
+except Exception as e:  # the flag parser wraps the config's ValueError
+  report["bad_variant"] = str(e)
 report["untouched"] = {"compiled": list(compiled), "data_reads": list(data_reads)}
 jax.jit(lambda x: x + 1)(1)   # the listener sees a compilation: the check above can fail
 report["listener_works"] = bool(compiled)
@@ -148,6 +163,10 @@ class ConfigFilesTest(absltest.TestCase):
     self.assertEqual(report["argument"], 7)
     self.assertIn("No config file 'configs/nope.py'", report["missing"])
     self.assertIn("configs/compare/quick.py", report["missing"])
+    for name in ("configs/compare/gmm.py", "configs/compare/digits.py"):
+      self.assertEqual(report["learning_rate_axis"][name], [1e-3, 2.5e-4, 1, ["compare.title", "optim.learning_rate"]])
+    self.assertIn("Unknown preset variant 'fast'", report["bad_variant"])
+    self.assertIn(":low_lr", report["bad_variant"])
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def markdown_tables(text: str) -> list[list[list[str]]]:
   tables, current = [], None
   for line in text.splitlines():
     if line.startswith("|"):
-      cells = [c.strip() for c in line.strip().strip("|").split("|")]
+      cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
       if current is None:
         current = [cells]
       else:
@@ -199,6 +199,66 @@ class QuickPresetEndToEndTest(absltest.TestCase):
     config.optim.learning_rate = 3e-4
     with self.assertRaisesRegex(config_checks.ConfigError, r"(?s)config.optim.learning_rate: trained with 0.001, given 0.0003.*new --workdir"):
       compare.run(config, self.workdir)
+
+
+class GaussianMixtureStudyTest(absltest.TestCase):
+  """The gmm path: exact analyses of the EMA and of the raw params at every checkpoint, reported as curves; and an
+  importance-sampling arm."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp()
+    cls.workdir = os.path.join(cls.tmp, "study")
+    cls.config = test_util.toy_study_config(cls.tmp, **{
+        "data.name": "gmm", "data.channels": 3, "compare.exact_every_checkpoint": True,
+        "compare.arms": ("constant", "debias_is"), "compare.eval_sampler": "ddpm:3", "compare.sweep": ("ddim:2",)})
+    with open(compare.run(cls.config, cls.workdir)) as f:
+      cls.text = f.read()
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+    super().tearDownClass()
+
+  def analysis(self, arm: str, step: int, use_ema: bool) -> dict:
+    with open(compare.analysis_path(plan.arm_dir(self.workdir, plan.ARMS[arm]), step, use_ema)) as f:
+      return json.load(f)
+
+  @staticmethod
+  def row(analysis: dict) -> dict:
+    """The eval sampler's (ddpm:3) colour-shift / sample-quality row of an analysis."""
+    return next(r for r in analysis["color_shift"]["samplers"]["ddpm"] if r["steps"] == 3)
+
+  def test_every_checkpoint_is_analysed_for_both_params(self):
+    for arm in ("constant", "debias_is"):
+      for step in (2, 4):
+        ema, raw = self.analysis(arm, step, True), self.analysis(arm, step, False)
+        self.assertEqual((ema["params"], raw["params"], raw["checkpoint_step"]), ("ema0.99", "params", step))
+        ema_row, raw_row = (self.row(r) for r in (ema, raw))
+        self.assertNotEqual(ema_row["mmd"], raw_row["mmd"])   # two different sets of weights
+
+  def test_the_raw_params_curves_are_the_saved_values(self):
+    def table(title):
+      return next(markdown_tables(part)[0] for part in self.text.split("Gaussian mixture, ")[1:]
+                  if part.startswith(title))
+    for params, use_ema in (("raw params", False), ("EMA params", True)):
+      rows = {r[0]: r[1:] for r in table(f"exact MMD² to true samples ({params})")}
+      for step in (2, 4):
+        for k, arm in enumerate(("constant", "debias_is")):
+          mmd = self.row(self.analysis(arm, step, use_ema))["mmd"]
+          self.assertEqual(rows[str(step)][k].strip("*"), report.fmt(mmd))
+    match = [r[0] for r in markdown_tables(self.text.split("Iterations to match")[1])[0]]
+    self.assertIn(f"excess x0 error E|x̂0 − E[x0|x_t]|² (the exact bias), SNR < 0.1 (raw params)", match)
+
+  def test_the_importance_arm_trains_with_importance_sampled_t(self):
+    trained = checkpointing.load_config(plan.arm_dir(self.workdir, plan.ARMS["debias_is"]))
+    self.assertEqual((trained.loss.weighting, trained.loss.t_sampling), ("debias", "importance"))
+    arms = markdown_tables(self.text.split("## Arms")[1])[0]
+    row = next(r for r in arms if r[0] == "`debias_is`")
+    self.assertIn("t_sampling=importance", row[3])
+    debias_shares = report.arm_band_shares(self.config, plan.ARMS["debias"])
+    self.assertEqual(row[-3:], [f"{100 * x:.3g}%" for x in debias_shares])   # the same objective as debias
 
 
 class PlantedEfficiencyTest(absltest.TestCase):

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
@@ -37,7 +38,14 @@ from debias_jax.analysis import plots
 from debias_jax.data import pipeline
 
 ANALYSIS_KEY = 0xB1A5
+RAW_PARAMS_DIR = "raw"
 STRIP_IMAGES = 16            # images per row of the samples-vs-steps strip
+
+
+def output_dir(workdir: str, use_ema: bool) -> epath.Path:
+  """Where the study of a workdir's EMA params (WORKDIR/analysis) or raw params (WORKDIR/analysis/raw) goes."""
+  out = epath.Path(workdir) / "analysis"
+  return out if use_ema else out / RAW_PARAMS_DIR
 
 
 def _process_slice(array: np.ndarray) -> np.ndarray:

@@ -11,7 +11,8 @@ measures every (arm, seed) run with the project's own modes:
      one (compare.final_step, default the last) again with a second sample seed: how much the metric moves by
      sampling noise alone;
   3. exact (compare.exact_every_checkpoint, for gmm): `--mode analyze` restricted to the eval sampler at every
-     other checkpoint: the exact bias and exact sample quality against the known mixture, over training;
+     checkpoint, of the EMA params and of the raw params (WORKDIR/analysis/raw): the exact bias and exact sample
+     quality against the known mixture, over training;
   4. steps: the Fréchet distance at the final checkpoint for every compare.sweep entry ("ddim:10", "ddpm:250", ...);
   5. analysis: `--mode analyze` at the final checkpoint: per-t x0 error, first-step prediction, colour shift
      against the number of sampling steps and, on gmm, the bias against the exact denoiser;
@@ -54,6 +55,7 @@ from debias_jax import runtime
 from debias_jax import storage
 from debias_jax import train
 from debias_jax import xla_cpu
+from debias_jax.analysis import study as analysis_study
 from debias_jax.evaluation import features
 from debias_jax.experiments import plan
 from debias_jax.experiments import report
@@ -150,8 +152,8 @@ def evaluate_sweep(config, workdir: str, arm: plan.Arm, seed: int) -> None:
     info["skipped"] = not _evaluate(c, directory, [plan.final_step(config)], sweep)
 
 
-def analysis_path(directory: str, step: int) -> str:
-  return str(epath.Path(directory, "analysis", f"step_{step:08d}.json"))
+def analysis_path(directory: str, step: int, use_ema: bool = True) -> str:
+  return str(analysis_study.output_dir(directory, use_ema) / f"step_{step:08d}.json")
 
 
 def _analysis_covers(path: str, samplers: tuple[str, ...], steps: tuple[int, ...]) -> bool:
@@ -163,15 +165,16 @@ def _analysis_covers(path: str, samplers: tuple[str, ...], steps: tuple[int, ...
 
 
 def _analyze(c, directory: str, step: int, samplers: tuple[str, ...], steps: tuple[int, ...], workdir: str,
-             phase: str, arm: plan.Arm, seed: int) -> None:
+             phase: str, arm: plan.Arm, seed: int, use_ema: bool = True) -> None:
   with timed(workdir, phase, arm.name, seed) as info:
-    if _analysis_covers(analysis_path(directory, step), samplers, steps):
+    if _analysis_covers(analysis_path(directory, step, use_ema), samplers, steps):
       info["skipped"] = True
       return
     c = copy.deepcopy(c)
     c.analysis.checkpoint_step = step
     c.analysis.samplers = samplers
     c.analysis.sampling_steps = steps
+    c.sampling.use_ema = use_ema
     analyze_mode.analyze(c, directory)
 
 
@@ -188,15 +191,18 @@ def analysis_settings(config) -> tuple[tuple[str, ...], tuple[int, ...]]:
 
 
 def analyze_checkpoints(config, workdir: str, arm: plan.Arm, seed: int) -> None:
-  """The bias study at every other checkpoint, with the eval sampler only (gmm: exact metrics)."""
+  """The bias study with the eval sampler only (gmm: exact metrics) at every checkpoint, of the EMA params (at the
+  final checkpoint the full analysis covers them) and of the raw params, which the EMA lags behind early on."""
   if not plan.exact_every_checkpoint(config):
     return
   c, directory = plan.arm_config(config, arm, seed), plan.run_dir(config, workdir, arm, seed)
   name, count = plan.eval_sampler(config)
   for step in plan.checkpoint_steps(config):
-    if step == plan.final_step(config):
-      continue
-    _analyze(c, directory, step, (name,), (int(count),), workdir, "exact", arm, seed)
+    for use_ema in (True, False):
+      if use_ema and step == plan.final_step(config):
+        continue
+      _analyze(c, directory, step, (name,), (int(count),), workdir, "exact" if use_ema else "exact_raw", arm, seed,
+               use_ema)
 
 
 def analyze_last(config, workdir: str, arm: plan.Arm, seed: int) -> None:

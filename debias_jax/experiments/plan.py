@@ -25,11 +25,11 @@ EXACT_DATASET = "gmm"
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-  """One row of the comparison: a weighting (with its options) trained on one prediction target."""
+  """One row of the comparison: a weighting (with its loss options) trained on one prediction target."""
   name: str
   target: str
   weighting: str
-  options: tuple[tuple[str, float], ...] = ()
+  options: tuple[tuple[str, float | str], ...] = ()   # config.loss fields
 
   @property
   def directory(self) -> str:
@@ -42,6 +42,8 @@ class Arm:
 #    as the debias arm with another network output, so it tests whether the gain is the weight's alone. The plain
 #    unweighted v-MSE (eps-space 1 + 1/SNR) is not among weighting.WEIGHTINGS; any weighting@target pair can be
 #    added as an arm, e.g. "constant@v".
+#  - debias_is: debias's objective with t drawn in proportion to the weight (loss.t_sampling = "importance") and the
+#    loss divided by that proposal: the same expected objective, other gradient noise.
 ARMS = {
     "constant": Arm("constant", "eps", "constant"),
     "debias": Arm("debias", "eps", "debias"),
@@ -49,6 +51,7 @@ ARMS = {
     "min_snr": Arm("min_snr", "eps", "min_snr", (("min_snr_gamma", 5.0),)),
     "x0": Arm("x0", "x0", "snr"),
     "v": Arm("v", "v", "debias"),
+    "debias_is": Arm("debias_is", "eps", "debias", (("t_sampling", "importance"),)),
 }
 
 

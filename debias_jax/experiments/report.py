@@ -46,6 +46,8 @@ ARM_NOTES = {
     "x0": "x0-prediction, the standard unweighted x0-MSE (= ε-space weight SNR)",
     "v": "debias, v-form: v-prediction trained with debias's weight (same objective as `debias`, other network "
          "output); not plain v-prediction, whose unweighted v-MSE is ε-space weight 1 + 1/SNR",
+    "debias_is": "ε-prediction with debias's objective, t drawn in proportion to its weight and the loss divided "
+                 "by that proposal (loss.t_sampling = importance): the same expected loss, other gradient noise",
 }
 
 
@@ -72,9 +74,9 @@ def fmt(value, digits: int = 4) -> str:
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-  return "\n".join(lines)
+  """A markdown table; a "|" inside a cell (as in E|x̂0 − x0|²) is escaped so it does not end the cell."""
+  line = lambda cells: "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+  return "\n".join([line(header), "|" + "---|" * len(header)] + [line(row) for row in rows])
 
 
 def _row_with_best(label: str, values: Sequence[float | None], lower_is_better: bool = True) -> list[str]:
@@ -135,7 +137,8 @@ class StudyResults:
     self.exact = plan.is_exact_dataset(config)
     self.channels = int(config.data.channels)
     self.fd = {}        # (arm, training seed, step, sampler, steps, sample seed) -> record
-    self.analysis = {}  # (arm, training seed, step) -> analysis json
+    self.analysis = {}  # (arm, training seed, step) -> analysis json of the EMA params
+    self.raw_analysis = {}  # the same, of the raw params (gmm: compare's exact phase at every checkpoint)
     for arm in self.arms:
       for tseed in self.seeds:
         directory = plan.run_dir(config, workdir, arm, tseed)
@@ -143,10 +146,11 @@ class StudyResults:
           if record.get("num_samples") == self.num_samples and record.get("feature_space") == self.feature_space:
             self.fd[(arm.name, tseed, int(record["checkpoint_step"]), record["sampler"], str(record["steps"]),
                      int(record["seed"]))] = record
-        analysis_dir = epath.Path(directory, "analysis")
-        for path in sorted(analysis_dir.glob("step_*.json")) if analysis_dir.exists() else []:
-          result = storage.read_json(path)
-          self.analysis[(arm.name, tseed, int(result["checkpoint_step"]))] = result
+        for use_ema, table in ((True, self.analysis), (False, self.raw_analysis)):
+          analysis_dir = analysis_study.output_dir(directory, use_ema)
+          for path in sorted(analysis_dir.glob("step_*.json")) if analysis_dir.exists() else []:
+            result = storage.read_json(path)
+            table[(arm.name, tseed, int(result["checkpoint_step"]))] = result
     floor_path = plan.study_path(workdir, "data_floor.json")
     self.floor = None
     if epath.Path(floor_path).exists():
@@ -189,18 +193,19 @@ class StudyResults:
       rows.append(row)
     return efficiency.sampling_seed_spread(np.asarray(rows))
 
-  def buckets(self, arm: str, step: int | None = None, tseed: int | None = None) -> list[dict] | None:
+  def buckets(self, arm: str, step: int | None = None, tseed: int | None = None,
+              raw: bool = False) -> list[dict] | None:
     """The per-t x0-error buckets of one seed, or (tseed None) their mean over the seeds that have them."""
-    step = self.last if step is None else step
+    runs = [r["x0_error"]["buckets"] for r in self.results(arm, step, raw, tseed)]
     if tseed is not None:
-      result = self.analysis.get((arm, tseed, step))
-      return None if result is None else result["x0_error"]["buckets"]
-    runs = [self.analysis[(arm, s, step)]["x0_error"]["buckets"] for s in self.seeds if (arm, s, step) in self.analysis]
+      return runs[0] if runs else None
     return [_mean_records(list(rows)) for rows in zip(*runs)] if runs else None
 
-  def results(self, arm: str, step: int | None = None) -> list[dict]:
+  def results(self, arm: str, step: int | None = None, raw: bool = False, tseed: int | None = None) -> list[dict]:
+    """The analyses of one checkpoint (default: the last) over the seeds (or of one seed), EMA or raw params."""
     step = self.last if step is None else step
-    return [self.analysis[(arm, s, step)] for s in self.seeds if (arm, s, step) in self.analysis]
+    table = self.raw_analysis if raw else self.analysis
+    return [table[(arm, s, step)] for s in (self.seeds if tseed is None else [tseed]) if (arm, s, step) in table]
 
   def first_step(self, arm: str) -> dict:
     return _mean_records([r.get("first_step", {}) for r in self.results(arm)]) or {}
@@ -215,18 +220,17 @@ class StudyResults:
     return [self.color_row(arm, sampler, n, exact) for n in steps]
 
   def color_row(self, arm: str, sampler: str, steps: int, exact: bool = False, step: int | None = None,
-                tseed: int | None = None):
+                tseed: int | None = None, raw: bool = False):
     """One colour-shift / sample-quality row of one seed, or (tseed None) its mean over seeds."""
-    results = self.results(arm, step) if tseed is None else [
-        r for r in [self.analysis.get((arm, tseed, self.last if step is None else step))] if r]
+    results = self.results(arm, step, raw, tseed)
     rows = [next((r for r in result["color_shift"].get("exact_denoiser" if exact else "samplers", {})
                   .get(sampler, []) if int(r["steps"]) == int(steps)), None) for result in results]
     return _mean_records([r for r in rows if r is not None])
 
   def band_mean(self, arm: str, key: str, low: float | None, high: float | None, step: int | None = None,
-                tseed: int | None = None):
+                tseed: int | None = None, raw: bool = False):
     """Mean of a per-bucket value over the buckets whose geometric-mean SNR lies in [low, high)."""
-    rows = self.buckets(arm, step, tseed)
+    rows = self.buckets(arm, step, tseed, raw)
     if not rows or key not in rows[0]:
       return None
     values = [r[key] for r in rows if (low is None or r["snr_geomean"] >= low)
@@ -418,7 +422,7 @@ def _arms_section(study: StudyResults) -> str:
   low, high = weight_bands(study.config)
   rows = []
   for arm in study.arms:
-    options = ", ".join(f"{k}={v:g}" for k, v in arm.options)
+    options = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in arm.options)
     shares = arm_band_shares(study.config, arm)
     rows.append([f"`{arm.name}`", describe_arm(arm), arm.target, arm.weighting + (f" ({options})" if options else ""),
                  weighting.FORMULAS[arm.weighting]["eps"], weighting.FORMULAS[arm.weighting]["x0"]] +
@@ -453,18 +457,19 @@ def curve_metrics(study: StudyResults) -> list[tuple[str, object]]:
   """(label, get(arm, step, tseed)) of every metric recorded at every checkpoint (all lower is better)."""
   out = [(f"Fréchet distance ({study.feature_space}, {study.eval_name} {study.eval_steps})",
           lambda a, s, t: study.eval_fd(a, s, t))]
-  if study.exact:
-    count = int(study.eval_steps)
-    out += [("exact MMD² to true samples", lambda a, s, t: (study.color_row(a, study.eval_name, count, step=s,
-                                                                            tseed=t) or {}).get("mmd")),
-            ("log-likelihood gap (nats/dim; data − samples)",
-             lambda a, s, t: (study.color_row(a, study.eval_name, count, step=s, tseed=t) or {})
-             .get("log_likelihood_gap")),
-            ("total variation of sampled component frequencies from the mixture weights",
-             lambda a, s, t: (study.color_row(a, study.eval_name, count, step=s, tseed=t) or {})
-             .get("component_tv")),
-            (f"exact bias E|x̂0 − E[x0|x_t]|², SNR < {HIGH_NOISE_SNR}",
-             lambda a, s, t: study.band_mean(a, "bias_mse", None, HIGH_NOISE_SNR, s, t))]
+  if not study.exact:
+    return out
+  count = int(study.eval_steps)
+  for raw in (False, True) if study.raw_analysis else (False,):
+    params = " (raw params)" if raw else (" (EMA params)" if study.raw_analysis else "")
+    row = lambda a, s, t, raw=raw: study.color_row(a, study.eval_name, count, step=s, tseed=t, raw=raw) or {}
+    out += [(f"exact MMD² to true samples{params}", lambda a, s, t, row=row: row(a, s, t).get("mmd")),
+            (f"log-likelihood gap (nats/dim; data − samples){params}",
+             lambda a, s, t, row=row: row(a, s, t).get("log_likelihood_gap")),
+            (f"total variation of sampled component frequencies from the mixture weights{params}",
+             lambda a, s, t, row=row: row(a, s, t).get("component_tv")),
+            (f"excess x0 error E|x̂0 − E[x0|x_t]|² (the exact bias), SNR < {HIGH_NOISE_SNR}{params}",
+             lambda a, s, t, raw=raw: study.band_mean(a, "bias_mse", None, HIGH_NOISE_SNR, s, t, raw))]
   return out
 
 
@@ -751,7 +756,7 @@ def _bias_verdicts(study: StudyResults) -> list[list[str]]:
 def _colour_shift(study: StudyResults) -> list[str] | None:
   """debias against constant: the mean RMS colour shift of samples with few sampling steps, seed by seed."""
   def shift(arm, tseed):
-    result = study.analysis.get((arm, tseed, study.last))
+    result = next(iter(study.results(arm, tseed=tseed)), None)
     if not result:
       return None
     few = [rms(r["channel_shift"]) for curve in result["color_shift"]["samplers"].values() for r in curve

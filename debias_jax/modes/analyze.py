@@ -3,7 +3,8 @@
     python -m debias_jax.main --mode=analyze --config=configs/default.py --workdir=DIR
 
 Writes WORKDIR/analysis/step_XXXXXXXX.json, PNG figures beside it, and TensorBoard scalars and images (logdir
-WORKDIR/analysis, at the checkpoint's step, so several checkpoints form curves).
+WORKDIR/analysis, at the checkpoint's step, so several checkpoints form curves). With sampling.use_ema=False (the
+raw, non-averaged weights) all of it goes to WORKDIR/analysis/raw instead.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from absl import logging
-from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -43,7 +43,7 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   restored = checkpointing.restore_params(config, workdir, int(config.analysis.checkpoint_step),
                                           bool(config.sampling.use_ema), mesh)
   run = study.AnalysisRun(config, restored)
-  out_dir = epath.Path(workdir) / "analysis"
+  out_dir = study.output_dir(workdir, bool(config.sampling.use_ema))
   writer = summaries.create_writer(out_dir, is_main=jax.process_index() == 0)
   logging.info("Analysing %s of step %d in %s.", restored.params_name, restored.step, workdir)
   parts, seconds = study.measure(run, writer)
