@@ -237,6 +237,11 @@ class GaussianMixtureStudyTest(absltest.TestCase):
         self.assertEqual((ema["params"], raw["params"], raw["checkpoint_step"]), ("ema0.99", "params", step))
         ema_row, raw_row = (self.row(r) for r in (ema, raw))
         self.assertNotEqual(ema_row["mmd"], raw_row["mmd"])   # two different sets of weights
+        self.assertEqual(raw["figures"], {})   # the per-checkpoint analyses skip matplotlib
+      self.assertEqual(self.analysis(arm, 2, True)["figures"], {})
+      final = self.analysis(arm, 4, True)["figures"]   # the full analysis of the last checkpoint draws them
+      self.assertIn("color_shift", final)
+      self.assertTrue(all(os.path.exists(path) for path in final.values()))
 
   def test_the_raw_params_curves_are_the_saved_values(self):
     def table(title):

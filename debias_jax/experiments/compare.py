@@ -165,7 +165,7 @@ def _analysis_covers(path: str, samplers: tuple[str, ...], steps: tuple[int, ...
 
 
 def _analyze(c, directory: str, step: int, samplers: tuple[str, ...], steps: tuple[int, ...], workdir: str,
-             phase: str, arm: plan.Arm, seed: int, use_ema: bool = True) -> None:
+             phase: str, arm: plan.Arm, seed: int, use_ema: bool = True, figures: bool = True) -> None:
   with timed(workdir, phase, arm.name, seed) as info:
     if _analysis_covers(analysis_path(directory, step, use_ema), samplers, steps):
       info["skipped"] = True
@@ -175,7 +175,7 @@ def _analyze(c, directory: str, step: int, samplers: tuple[str, ...], steps: tup
     c.analysis.samplers = samplers
     c.analysis.sampling_steps = steps
     c.sampling.use_ema = use_ema
-    analyze_mode.analyze(c, directory)
+    analyze_mode.analyze(c, directory, figures)
 
 
 def analysis_settings(config) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -202,7 +202,7 @@ def analyze_checkpoints(config, workdir: str, arm: plan.Arm, seed: int) -> None:
       if use_ema and step == plan.final_step(config):
         continue
       _analyze(c, directory, step, (name,), (int(count),), workdir, "exact" if use_ema else "exact_raw", arm, seed,
-               use_ema)
+               use_ema, figures=False)
 
 
 def analyze_last(config, workdir: str, arm: plan.Arm, seed: int) -> None:

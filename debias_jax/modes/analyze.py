@@ -36,8 +36,11 @@ def _save_figures(figures: dict[str, np.ndarray], stem: str, image_size: int) ->
   return paths
 
 
-def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs the study on config.analysis.checkpoint_step of `workdir`; returns what it writes to the JSON file."""
+def analyze(config: ml_collections.ConfigDict, workdir: str, figures: bool = True) -> dict[str, Any]:
+  """Runs the study on config.analysis.checkpoint_step of `workdir`; returns what it writes to the JSON file.
+
+  figures=False leaves out the PNG figures and TensorBoard images (matplotlib takes seconds per analysis; a
+  comparison analysing every checkpoint of every run reads only the numbers)."""
   mesh = parallel.create_mesh()
   config_checks.validate(config, "analyze", mesh.devices.size)
   restored = checkpointing.restore_params(config, workdir, int(config.analysis.checkpoint_step),
@@ -48,13 +51,13 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   logging.info("Analysing %s of step %d in %s.", restored.params_name, restored.step, workdir)
   parts, seconds = study.measure(run, writer)
   result = study.result_record(config, workdir, run, parts, seconds)
-  figures = study.figures(config, run, parts)
+  images = study.figures(config, run, parts) if figures else {}
   stem = str(out_dir / f"step_{restored.step:08d}")
   if jax.process_index() == 0:
-    result["figures"] = _save_figures(figures, stem, int(config.data.image_size))
+    result["figures"] = _save_figures(images, stem, int(config.data.image_size))
     storage.write_json(stem + ".json", result)
   writer.write_scalars(restored.step, study.scalars(result))
-  writer.write_images(restored.step, {name: image[None] for name, image in figures.items()})
+  writer.write_images(restored.step, {name: image[None] for name, image in images.items()})
   writer.flush()
   logging.info("Wrote %s.json (%s).", stem, ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
   return result
