@@ -311,9 +311,14 @@ def restore_params(config, workdir: str, step: int = -1, use_ema: bool = True, m
   """The params to sample with from the checkpoint at `step` (-1: the latest): the first EMA copy or the raw ones."""
   mesh = parallel.create_mesh() if mesh is None else mesh
   state = restore_state(config, workdir, None if int(step) < 0 else int(step), mesh)
+  return params_of(config, state, use_ema, mesh)
+
+
+def params_of(config, state: train_state.TrainState, use_ema: bool, mesh, model=None) -> Restored:
+  """A restored train state's first EMA copy or raw params, ready for sampling (one restore serves both)."""
   params = state.ema_params[0] if use_ema else state.params
-  return Restored(builders.create_model(config), params, int(jax.device_get(state.step)), params_name(config, use_ema),
-                  mesh)
+  return Restored(builders.create_model(config) if model is None else model, params, int(jax.device_get(state.step)),
+                  params_name(config, use_ema), mesh)
 
 
 def save_converted(workdir: str, config, params) -> str:

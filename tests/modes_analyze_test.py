@@ -3,6 +3,7 @@ check."""
 
 import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
 
+import copy
 import json
 import os
 import tempfile
@@ -13,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from debias_jax import builders
+from debias_jax import checkpointing
 from debias_jax import config_checks
 from debias_jax.analysis import color
 from debias_jax.analysis import exact_metrics
@@ -96,6 +98,43 @@ class AnalyzeModeTest(absltest.TestCase):
           test_util.config(test_util.SAMPLING, {"analysis.sampling_steps": (2000,)}), 1)
     with self.assertRaisesRegex(config_checks.ConfigError, "analysis.batch_size=30 is not divisible by the 8"):
       config_checks.check_analysis_config(test_util.config(test_util.SAMPLING, {"analysis.batch_size": 30}), 8)
+
+
+def _without_timings(record):
+  """A result record without its "seconds" entries (wall times differ from run to run)."""
+  if isinstance(record, dict):
+    return {k: _without_timings(v) for k, v in record.items() if k != "seconds"}
+  if isinstance(record, list):
+    return [_without_timings(v) for v in record]
+  return record
+
+
+class AnalyzerTest(absltest.TestCase):
+  """One Analyzer over several checkpoints and both params of each (what compare's exact phase does) writes what a
+  fresh `--mode analyze` of each writes: its shared programs, restored state and exact-denoiser samples carry
+  nothing of one study into the next."""
+
+  def test_shared_studies_equal_fresh_ones(self):
+    config = test_util.config(test_util.SAMPLING, {
+        "data.name": "gmm", "analysis.num_examples": 16, "analysis.num_buckets": 4, "analysis.batch_size": 8,
+        "analysis.num_samples": 8, "analysis.sampling_steps": (2,)})
+    workdir = tempfile.mkdtemp()
+    for step, seed in ((3, 1), (5, 3)):   # raw and EMA params differ, and differ between the checkpoints
+      test_util.write_checkpoint(config, workdir, steps=(step,), params=test_util.random_params(config, seed),
+                                 ema_params=test_util.random_params(config, seed + 1))
+    requests = [(3, True), (3, False), (5, True), (5, False)]
+    analyzer = analyze.Analyzer(config, workdir)
+    shared = [analyzer.analyze(step, use_ema, ("ddim",), (2,), figures=False) for step, use_ema in requests]
+    for (step, use_ema), record in zip(requests, shared):
+      c = copy.deepcopy(config)
+      c.analysis.checkpoint_step, c.sampling.use_ema, c.analysis.samplers = step, use_ema, ("ddim",)
+      fresh = analyze.analyze(c, workdir, figures=False)
+      for key in ("x0_error", "first_step", "color_shift", "summary"):
+        self.assertEqual(_without_timings(record[key]), _without_timings(fresh[key]),
+                         f"{key} of step {step}, use_ema={use_ema}")
+      self.assertEqual((record["checkpoint_step"], record["params"]), (step, checkpointing.params_name(config, use_ema)))
+    self.assertNotEqual(shared[0]["x0_error"], shared[1]["x0_error"])    # so the comparison above can fail
+    self.assertNotEqual(shared[0]["x0_error"], shared[2]["x0_error"])
 
 
 if __name__ == "__main__":

@@ -61,12 +61,13 @@ def _fetch(x) -> np.ndarray:
 
 
 class AnalysisRun:
-  """The pieces of one analysis run: model, params, schedule, data statistics and the sharded programs."""
+  """The pieces of a study of one model: schedule, data statistics and the sharded programs, compiled once and
+  reused for every params it is given (the checkpoints of a run, EMA and raw), as are the exact denoiser's
+  samples, which depend on no params at all."""
 
-  def __init__(self, config, restored: checkpointing.Restored):
-    self.config, self.restored = config, restored
+  def __init__(self, config, model, mesh):
+    self.config, self.model, self.mesh = config, model, mesh
     self.a = config.analysis
-    self.mesh = restored.mesh
     self.schedule = builders.schedule(config)
     self.target = config.loss.target
     self.learn_sigma = bool(config.model.learn_sigma)
@@ -79,21 +80,28 @@ class AnalysisRun:
     self.rng = jax.random.fold_in(jax.random.key(int(config.seed)), ANALYSIS_KEY)
     self.batch = parallel.batch_sharding(self.mesh)
     self.replicated = parallel.replicated(self.mesh)
+    self.buckets = bias.make_buckets(self.schedule, int(self.a.num_buckets), self.a.bucket_by)
+    self.error_fn = jax.jit(self._x0_error_terms, in_shardings=(self.replicated,) + (self.batch,) * 3 + (None,),
+                            out_shardings=self.replicated)
+    self.first_step_fn = jax.jit(self._first_step_prediction, in_shardings=(self.replicated, self.batch, self.batch),
+                                 out_shardings=self.batch)
+    self.generator = generation.Generator(config, model, mesh, self.schedule)
+    self._exact = {}
 
   def _model_fn(self, params, labels):
-    return generation.model_fn(self.restored.model, params, labels if self.num_classes else None)
+    return generation.model_fn(self.model, params, labels if self.num_classes else None)
+
+  def _x0_error_terms(self, params, x0, labels, mask, rng):
+    return bias.x0_error_terms(self._model_fn(params, labels), self.schedule, self.target, x0, rng, self.buckets,
+                               learn_sigma=self.learn_sigma, mask=mask, reference_fn=self.reference_fn)
+
+  def _first_step_prediction(self, params, x_T, labels):
+    return bias.first_step_prediction(self._model_fn(params, labels), self.schedule, self.target, x_T,
+                                      learn_sigma=self.learn_sigma)
 
   # ----- 1. per-t errors, and the data statistics every later part compares with -----
 
-  def x0_errors(self) -> tuple[dict, dict]:
-    buckets = bias.make_buckets(self.schedule, int(self.a.num_buckets), self.a.bucket_by)
-
-    def run(params, x0, labels, mask, rng):
-      return bias.x0_error_terms(self._model_fn(params, labels), self.schedule, self.target, x0, rng, buckets,
-                                 learn_sigma=self.learn_sigma, mask=mask, reference_fn=self.reference_fn)
-
-    error_fn = jax.jit(run, in_shardings=(self.replicated, self.batch, self.batch, self.batch, None),
-                       out_shardings=self.replicated)
+  def x0_errors(self, params) -> tuple[dict, dict]:
     sums, image_sum, square_sum, data_means, kept = None, 0.0, 0.0, [], []
     keep_images = self.mixture is not None          # true samples, the reference of the exact scores
     available = int(pipeline.dataset_info(self.config.data)["num_examples"])
@@ -107,8 +115,8 @@ class AnalysisRun:
     for i, batch in enumerate(iterator):
       local = {name: _process_slice(np.asarray(batch[name])) for name in ("image", "label", "mask")}
       arrays = parallel.global_batch(local, self.mesh)
-      sums = bias.accumulate(sums, error_fn(self.restored.params, arrays["image"], arrays["label"],
-                                            arrays["mask"], jax.random.fold_in(self.rng, i)))
+      sums = bias.accumulate(sums, self.error_fn(params, arrays["image"], arrays["label"], arrays["mask"],
+                                                 jax.random.fold_in(self.rng, i)))
       images = np.asarray(batch["image"])[np.asarray(batch["mask"])]
       image_sum = image_sum + images.astype(np.float64).sum(axis=0)
       square_sum = square_sum + (images.astype(np.float64) ** 2).sum(axis=0)
@@ -123,17 +131,12 @@ class AnalysisRun:
     # The x0 error of always predicting the data mean: where an ideal denoiser's error tends as SNR -> 0.
     data_variance = float(np.mean(square_sum / count - (image_sum / count) ** 2))
     table = {"bucket_by": self.a.bucket_by, "num_examples": count, "units": "[-1, 1] pixel values",
-             "data_variance": data_variance, "buckets": bias.bucket_table(self.schedule, buckets, means)}
+             "data_variance": data_variance, "buckets": bias.bucket_table(self.schedule, self.buckets, means)}
     return table, data
 
   # ----- 2. the first sampling step -----
 
-  def first_step(self, data: dict) -> dict:
-    def run(params, x_T, labels):
-      return bias.first_step_prediction(self._model_fn(params, labels), self.schedule, self.target, x_T,
-                                        learn_sigma=self.learn_sigma)
-
-    fn = jax.jit(run, in_shardings=(self.replicated, self.batch, self.batch), out_shardings=self.batch)
+  def first_step(self, params, data: dict) -> dict:
     num, devices = int(self.a.num_samples), self.mesh.devices.size
     x_T = np.asarray(jax.random.normal(jax.random.fold_in(self.rng, 0xF1), (num,) + self.image_shape))
     # Padded with zeros to a multiple of the device count (batch_size is one, so every chunk splits evenly).
@@ -144,7 +147,7 @@ class AnalysisRun:
     for start in range(0, len(padded), chunk):
       part = {"x": padded[start:start + chunk], "label": labels[start:start + chunk]}
       arrays = parallel.global_batch({k: _process_slice(v) for k, v in part.items()}, self.mesh)
-      outputs.append(_fetch(fn(self.restored.params, arrays["x"], arrays["label"])))
+      outputs.append(_fetch(self.first_step_fn(params, arrays["x"], arrays["label"])))
     x0_hat = np.concatenate(outputs)[:num]
     reference = None
     if self.mixture is not None:
@@ -159,18 +162,18 @@ class AnalysisRun:
 
   # ----- 3. colour shift vs sampling steps -----
 
-  def color_shift(self, data: dict, writer) -> tuple[dict, dict, dict]:
-    generator = generation.Generator(self.config, self.restored.model, self.mesh, self.schedule)
+  def color_shift(self, params, step: int, samplers, sampling_steps, data: dict,
+                  writer) -> tuple[dict, dict, dict]:
     labels = generation.sample_labels(self.config, int(self.a.num_samples))
     results, exact_results, strips = {}, {}, {}
-    progress = logs.Progress("Analysis: colour shift", len(self.a.samplers) * len(self.a.sampling_steps),
-                             "sampler settings", every_seconds=0.0)
-    for name in self.a.samplers:
+    progress = logs.Progress("Analysis: colour shift", len(samplers) * len(sampling_steps), "sampler settings",
+                             every_seconds=0.0)
+    for name in samplers:
       results[name], exact_results[name], strip = [], [], []
-      for steps in self.a.sampling_steps:
+      for steps in sampling_steps:
         start = time.time()
-        images = generator.generate(
-            self.restored.params, int(self.a.num_samples), jax.random.fold_in(self.rng, 0xC0),
+        images = self.generator.generate(
+            params, int(self.a.num_samples), jax.random.fold_in(self.rng, 0xC0),
             batch_size=int(self.a.batch_size), sampler=name, steps=str(steps), labels=labels)
         row = {"sampler": name, "steps": int(steps), "seconds": round(time.time() - start, 3),
                **color.color_shift_from_means(color.channel_means(images), data["channel_means"])}
@@ -188,13 +191,19 @@ class AnalysisRun:
         logging.info("Colour shift, %s with %s steps: %s", name, steps,
                      {k: v for k, v in row.items() if k in ("channel_shift", "channel_fd", "mmd")})
         progress.update()
-        writer.write_images(self.restored.step, {f"samples/{name}/steps{int(steps):04d}":
+        writer.write_images(step, {f"samples/{name}/steps{int(steps):04d}":
                                                  pixels.image_grid(strip[-1], columns=STRIP_IMAGES)[None]})
       strips[name] = np.concatenate(strip)
     return results, (exact_results if self.mixture is not None else {}), strips
 
   def _exact_samples(self, name: str, steps) -> np.ndarray:
-    """Samples of the exact denoiser of the mixture, with the same sampler settings as the model's."""
+    """Samples of the exact denoiser of the mixture, with the same sampler settings as the model's (computed once
+    per setting)."""
+    if (name, int(steps)) not in self._exact:
+      self._exact[(name, int(steps))] = self._sample_exact_denoiser(name, steps)
+    return self._exact[(name, int(steps))]
+
+  def _sample_exact_denoiser(self, name: str, steps) -> np.ndarray:
     exact = exact_denoiser.exact_model_fn(self.mixture, self.schedule, self.target)
     if self.learn_sigma:   # the variance channel at -1 means the posterior variance (fixed_small) for DDPM
       model_fn = lambda x, t: jnp.concatenate([exact(x, t), -jnp.ones_like(x)], axis=-1)
@@ -259,24 +268,28 @@ def scalars(result: dict) -> dict[str, float]:
   return out
 
 
-def measure(run: AnalysisRun, writer) -> tuple[dict, dict]:
-  """The three parts of the study in turn: (their results, the seconds each took)."""
+def measure(run: AnalysisRun, restored: checkpointing.Restored, samplers, sampling_steps,
+            writer) -> tuple[dict, dict]:
+  """The three parts of the study of `restored`'s params in turn, the colour shift with each of `samplers` at
+  each of `sampling_steps`: (their results, the seconds each took)."""
   seconds, parts = {}, {}
   start = time.time()
-  parts["x0_error"], parts["data"] = run.x0_errors()
+  parts["x0_error"], parts["data"] = run.x0_errors(restored.params)
   seconds["x0_error"] = time.time() - start
   start = time.time()
-  parts["first_step"] = run.first_step(parts["data"])
+  parts["first_step"] = run.first_step(restored.params, parts["data"])
   seconds["first_step"] = time.time() - start
   start = time.time()
-  parts["shifts"], parts["exact_shifts"], parts["strips"] = run.color_shift(parts["data"], writer)
+  parts["shifts"], parts["exact_shifts"], parts["strips"] = run.color_shift(
+      restored.params, restored.step, samplers, sampling_steps, parts["data"], writer)
   seconds["color_shift"] = time.time() - start
   return parts, seconds
 
 
-def result_record(config, workdir: str, run: AnalysisRun, parts: dict, seconds: dict) -> dict[str, Any]:
+def result_record(config, workdir: str, run: AnalysisRun, restored: checkpointing.Restored, parts: dict,
+                  seconds: dict) -> dict[str, Any]:
   """The JSON record of the study (without its figures' paths), with its headline summary."""
-  d, loss, restored = config.data, config.loss, run.restored
+  d, loss = config.data, config.loss
   result = {
       "checkpoint_step": restored.step, "params": restored.params_name, "workdir": str(storage.absolute(workdir)),
       "data": {"source": d.source, "name": d.name, "split": d.split, "image_shape": list(run.image_shape),
@@ -296,9 +309,9 @@ def result_record(config, workdir: str, run: AnalysisRun, parts: dict, seconds: 
   return result
 
 
-def figures(config, run: AnalysisRun, parts: dict) -> dict[str, np.ndarray]:
+def figures(config, restored: checkpointing.Restored, parts: dict) -> dict[str, np.ndarray]:
   """The study's figures as images: x0 error and signed error per bucket, colour shift, sample strips."""
-  x0_error, restored = parts["x0_error"], run.restored
+  x0_error = parts["x0_error"]
   title = f"{config.loss.weighting} ({config.loss.target}), step {restored.step}, {restored.params_name}"
   curves = dict(parts["shifts"])
   curves.update({f"{k} (exact denoiser)": v for k, v in parts["exact_shifts"].items()})

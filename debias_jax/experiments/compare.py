@@ -12,7 +12,8 @@ measures every (arm, seed) run with the project's own modes:
      sampling noise alone;
   3. exact (compare.exact_every_checkpoint, for gmm): `--mode analyze` restricted to the eval sampler at every
      checkpoint, of the EMA params and of the raw params (WORKDIR/analysis/raw): the exact bias and exact sample
-     quality against the known mixture, over training;
+     quality against the known mixture, over training (the EMA's at the final checkpoint is phase 5's study, done
+     here with the same compiled programs);
   4. steps: the Fréchet distance at the final checkpoint for every compare.sweep entry ("ddim:10", "ddpm:250", ...);
   5. analysis: `--mode analyze` at the final checkpoint: per-t x0 error, first-step prediction, colour shift
      against the number of sampling steps and, on gmm, the bias against the exact denoiser;
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import resource
 import shlex
@@ -164,18 +166,21 @@ def _analysis_covers(path: str, samplers: tuple[str, ...], steps: tuple[int, ...
   return all(name in curves and set(steps) <= {int(r["steps"]) for r in curves[name]} for name in samplers)
 
 
-def _analyze(c, directory: str, step: int, samplers: tuple[str, ...], steps: tuple[int, ...], workdir: str,
+def _analyze(analyzer, directory: str, step: int, samplers: tuple[str, ...], steps: tuple[int, ...], workdir: str,
              phase: str, arm: plan.Arm, seed: int, use_ema: bool = True, figures: bool = True) -> None:
+  """One study of a checkpoint unless its file covers it; `analyzer()` gives the run's analyze_mode.Analyzer (made
+  on first use, so a finished study compiles nothing)."""
   with timed(workdir, phase, arm.name, seed) as info:
     if _analysis_covers(analysis_path(directory, step, use_ema), samplers, steps):
       info["skipped"] = True
       return
-    c = copy.deepcopy(c)
-    c.analysis.checkpoint_step = step
-    c.analysis.samplers = samplers
-    c.analysis.sampling_steps = steps
-    c.sampling.use_ema = use_ema
-    analyze_mode.analyze(c, directory, figures)
+    analyzer().analyze(step, use_ema, samplers, steps, figures)
+
+
+def _analyzer(config, workdir: str, arm: plan.Arm, seed: int):
+  """(the run's directory, a function making its Analyzer once, when first called)."""
+  c, directory = plan.arm_config(config, arm, seed), plan.run_dir(config, workdir, arm, seed)
+  return directory, functools.cache(lambda: analyze_mode.Analyzer(c, directory))
 
 
 def analysis_settings(config) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -191,24 +196,25 @@ def analysis_settings(config) -> tuple[tuple[str, ...], tuple[int, ...]]:
 
 
 def analyze_checkpoints(config, workdir: str, arm: plan.Arm, seed: int) -> None:
-  """The bias study with the eval sampler only (gmm: exact metrics) at every checkpoint, of the EMA params (at the
-  final checkpoint the full analysis covers them) and of the raw params, which the EMA lags behind early on."""
+  """The bias study with the eval sampler only (gmm: exact metrics) at every checkpoint, of the EMA params and of
+  the raw params, which the EMA lags behind early on; at the final checkpoint the EMA's study is phase 5's full
+  one. One Analyzer serves them all (programs compiled once, each checkpoint restored once)."""
   if not plan.exact_every_checkpoint(config):
     return
-  c, directory = plan.arm_config(config, arm, seed), plan.run_dir(config, workdir, arm, seed)
+  directory, analyzer = _analyzer(config, workdir, arm, seed)
   name, count = plan.eval_sampler(config)
   for step in plan.checkpoint_steps(config):
-    for use_ema in (True, False):
-      if use_ema and step == plan.final_step(config):
-        continue
-      _analyze(c, directory, step, (name,), (int(count),), workdir, "exact" if use_ema else "exact_raw", arm, seed,
-               use_ema, figures=False)
+    if step == plan.final_step(config):
+      _analyze(analyzer, directory, step, *analysis_settings(config), workdir, "analysis", arm, seed)
+    else:
+      _analyze(analyzer, directory, step, (name,), (int(count),), workdir, "exact", arm, seed, figures=False)
+    _analyze(analyzer, directory, step, (name,), (int(count),), workdir, "exact_raw", arm, seed, use_ema=False,
+             figures=False)
 
 
 def analyze_last(config, workdir: str, arm: plan.Arm, seed: int) -> None:
-  c, directory = plan.arm_config(config, arm, seed), plan.run_dir(config, workdir, arm, seed)
-  samplers, steps = analysis_settings(config)
-  _analyze(c, directory, plan.final_step(config), samplers, steps, workdir, "analysis", arm, seed)
+  directory, analyzer = _analyzer(config, workdir, arm, seed)
+  _analyze(analyzer, directory, plan.final_step(config), *analysis_settings(config), workdir, "analysis", arm, seed)
 
 
 def data_floor(config, workdir: str) -> dict:
