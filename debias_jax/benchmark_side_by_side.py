@@ -156,7 +156,7 @@ def system_info() -> dict:
   return {"jax_version": jax.__version__, "cpu_model": xla_cpu.cpu_model(),
           "cpus": sorted(os.sched_getaffinity(0)),
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "python": platform.python_version(),
-          "device": str(jax.devices()[0].device_kind)}
+          "device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count()}
 
 
 def serve_jax(config, threads: int):
@@ -201,10 +201,13 @@ class Worker:
       self.proc.wait(timeout=60)
 
 
-def worker_env(threads: int) -> dict:
-  """The environment of a worker: the user's, with XLA's CPU settings (xla_cpu) and OpenMP at `threads`."""
+def worker_env(threads: int, batch_sizes=()) -> dict:
+  """The environment of a worker: the user's, with XLA's CPU settings (xla_cpu) and OpenMP at `threads`; given
+  our batch sizes, the `threads` cores as that many CPU devices sharing each batch, as `main` and `compare` run."""
   env = dict(os.environ)
   xla_cpu.prefer_wide_vectors(env)
+  if batch_sizes:
+    xla_cpu.cores_as_devices(batch_sizes, env, cores=threads)
   env.setdefault("OMP_NUM_THREADS", str(threads))
   return env
 
@@ -223,7 +226,7 @@ def _ratio_line(name: str, ours: float, theirs: float | None) -> str:
 
 def _start_workers(f, threads: int, log) -> dict[str, Worker]:
   """Our worker, and the PyTorch one when --reference_checkout is given; each has prepared its programs."""
-  env = worker_env(threads)
+  env = worker_env(threads, (int(f.config.train.batch_size), sample_batch_size(f)) if f.cores_as_devices else ())
   ours_argv = [sys.executable, "-m", "debias_jax.benchmark_side_by_side", "--worker=jax",
                f"--threads={threads}"] + _config_argv(f)
   workers = {}
@@ -245,8 +248,8 @@ def _start_workers(f, threads: int, log) -> dict[str, Worker]:
 
 def _hello_line(workers: dict[str, Worker], threads: int) -> str:
   hello = workers["jax"].hello["system"]
-  line = (f"Host CPU: {hello['cpu_model']}; {threads} thread(s) on CPUs {hello['cpus']}; "
-          f"XLA_FLAGS={hello['xla_flags']!r}; jax {hello['jax_version']}")
+  line = (f"Host CPU: {hello['cpu_model']}; {threads} thread(s) on CPUs {hello['cpus']}, ours as "
+          f"{hello['num_devices']} device(s); XLA_FLAGS={hello['xla_flags']!r}; jax {hello['jax_version']}")
   if "torch" in workers:
     torch = workers["torch"].hello
     line += (f"; torch {torch['system']['torch_version']} ({torch['system']['cpu_capability']}, "
@@ -288,7 +291,7 @@ def run(flag_values, log=print) -> dict:
   try:
     results = {"threads": threads, "workers": {k: w.hello for k, w in workers.items()}, "rounds": []}
     log(_hello_line(workers, threads))
-    batch = int(f.sample_batch_size or f.config.sampling.batch_size)
+    batch = sample_batch_size(f)
     commands = {"train": {"op": "train", "steps": int(f.train_steps)}}
     if f.ddim_steps:
       commands[f"DDIM-{f.ddim_steps}"] = {"op": "ddim", "steps": int(f.ddim_steps), "batch": batch}
@@ -308,6 +311,10 @@ def run(flag_values, log=print) -> dict:
   finally:
     for w in workers.values():
       w.close()
+
+
+def sample_batch_size(flag_values) -> int:
+  return int(flag_values.sample_batch_size or flag_values.config.sampling.batch_size)
 
 
 def _pinned(argv: list[str], threads: int) -> list[str]:
@@ -350,6 +357,9 @@ def define_flags(flag_values=None, argv=None):
   flags.DEFINE_integer("train_steps", 3, "Train steps per measurement (after one untimed step).", flag_values=fv)
   flags.DEFINE_integer("ddim_steps", 10, "DDIM steps per sampling measurement (0 skips sampling).", flag_values=fv)
   flags.DEFINE_integer("sample_batch_size", 0, "Sampling batch (0 = config.sampling.batch_size).", flag_values=fv)
+  flags.DEFINE_bool("cores_as_devices", True, "Our side as main runs it: each batch split over the --threads cores "
+                    "as CPU devices when they divide it (xla_cpu.cores_as_devices); False: one device.",
+                    flag_values=fv)
   flags.DEFINE_bool("profile", False, "Also profile one train step and one DDIM batch per op category.",
                     flag_values=fv)
   flags.DEFINE_string("output", "", "Write every figure as JSON to this path (local or gs://).", flag_values=fv)

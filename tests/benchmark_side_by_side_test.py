@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 import jax
@@ -140,6 +141,23 @@ ENTRY %main (a: f32[2,8,8,4], b: f32[3,3,4,4], c: f32[4,8,8,2], d: f32[8,8,2,4])
     after = benchmark_profile.Event("add", 100, 130)
     events = benchmark_profile._self_times([after, inner[1], outer, inner[0]])
     self.assertEqual({e.name: e.self_ns for e in events}, {"while": 60, "dot": 30, "copy": 10, "add": 30})
+
+
+class WorkerEnvTest(absltest.TestCase):
+  """Our worker runs as main does: the pinned cores as CPU devices when they divide both batches."""
+
+  def test_cores_as_devices_for_the_worker(self):
+    def device_flag(threads, batch_sizes, flags=""):
+      with mock.patch.dict(os.environ, {"XLA_FLAGS": flags}):
+        env = benchmark_side_by_side.worker_env(threads, batch_sizes)
+      return [f for f in env["XLA_FLAGS"].split() if f.startswith("--xla_force_host_platform_device_count")]
+
+    self.assertEqual(device_flag(2, (32, 16)), ["--xla_force_host_platform_device_count=2"])
+    self.assertEqual(device_flag(4, (32, 6)), ["--xla_force_host_platform_device_count=2"])
+    self.assertEqual(device_flag(2, (32, 15)), [])        # an odd batch: one device
+    self.assertEqual(device_flag(2, ()), [])              # --nocores_as_devices
+    self.assertEqual(device_flag(2, (32, 16), "--xla_force_host_platform_device_count=1"),
+                     ["--xla_force_host_platform_device_count=1"])   # the user's count wins
 
 
 class DriverTest(absltest.TestCase):
