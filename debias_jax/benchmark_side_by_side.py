@@ -53,7 +53,9 @@ def torch_spec(config) -> dict:
       "predict_xstart": config.loss.target == "x0", "predict_v": config.loss.target == "v"}
   return {"model_and_diffusion": model_and_diffusion, "batch_size": int(config.train.batch_size),
           "channels": int(d.channels), "num_classes": num_classes, "lr": float(config.optim.learning_rate),
-          "weight_decay": float(config.optim.weight_decay), "ema_rate": float(config.ema_rates[0])}
+          "weight_decay": float(config.optim.weight_decay), "ema_rate": float(config.ema_rates[0]),
+          # our bfloat16 compute (model.dtype) against torch's CPU autocast to bfloat16: a row of its own
+          "autocast": "bfloat16" if str(m.dtype) == "bfloat16" else ""}
 
 
 def limit_cpus(threads: int) -> list[int]:
@@ -246,15 +248,16 @@ def _start_workers(f, threads: int, log) -> dict[str, Worker]:
   return workers
 
 
-def _hello_line(workers: dict[str, Worker], threads: int) -> str:
+def _hello_line(workers: dict[str, Worker], threads: int, dtype: str) -> str:
   hello = workers["jax"].hello["system"]
   line = (f"Host CPU: {hello['cpu_model']}; {threads} thread(s) on CPUs {hello['cpus']}, ours as "
-          f"{hello['num_devices']} device(s); XLA_FLAGS={hello['xla_flags']!r}; jax {hello['jax_version']}")
+          f"{hello['num_devices']} device(s) computing in {dtype}; XLA_FLAGS={hello['xla_flags']!r}; "
+          f"jax {hello['jax_version']}")
   if "torch" in workers:
     torch = workers["torch"].hello
     line += (f"; torch {torch['system']['torch_version']} ({torch['system']['cpu_capability']}, "
-             f"{torch['system']['torch_threads']} threads), params {torch['params']:,} vs ours "
-             f"{workers['jax'].hello['params']:,}")
+             f"{torch['system']['torch_threads']} threads, autocast {torch.get('autocast') or 'off'}), params "
+             f"{torch['params']:,} vs ours {workers['jax'].hello['params']:,}")
   return line
 
 
@@ -290,7 +293,7 @@ def run(flag_values, log=print) -> dict:
   workers = _start_workers(f, threads, log)
   try:
     results = {"threads": threads, "workers": {k: w.hello for k, w in workers.items()}, "rounds": []}
-    log(_hello_line(workers, threads))
+    log(_hello_line(workers, threads, str(f.config.model.dtype)))
     batch = sample_batch_size(f)
     commands = {"train": {"op": "train", "steps": int(f.train_steps)}}
     if f.ddim_steps:

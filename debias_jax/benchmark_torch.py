@@ -76,6 +76,9 @@ class Reference:
     self.mp = fp16_util.MixedPrecisionTrainer(model=self.model, use_fp16=False)
     self.opt = torch.optim.AdamW(self.mp.master_params, lr=float(spec["lr"]), weight_decay=float(spec["weight_decay"]))
     self.ema_rate = float(spec["ema_rate"])
+    # bfloat16: the forward passes under torch's CPU autocast (convolutions and matmuls in bfloat16, norms and the
+    # loss in float32, float32 params), the counterpart of our model.dtype="bfloat16".
+    self.autocast = str(spec.get("autocast") or "")
     self.ema = copy.deepcopy(self.mp.master_params)
     self.schedule_sampler = resample.UniformSampler(self.diffusion)
     gen = torch.Generator().manual_seed(0)
@@ -90,11 +93,16 @@ class Reference:
   def _cond(self, labels):
     return {"y": labels} if self.num_classes else {}
 
+  def _forward_context(self):
+    torch = self.torch
+    return torch.autocast("cpu", dtype=getattr(torch, self.autocast or "bfloat16"), enabled=bool(self.autocast))
+
   def train_step(self):
     """TrainLoop.run_step (one microbatch, fp32) without logging."""
     self.mp.zero_grad()
     t, weights = self.schedule_sampler.sample(self.batch_size, "cpu")
-    losses = self.diffusion.training_losses(self.model, self.images, t, model_kwargs=self._cond(self.labels))
+    with self._forward_context():
+      losses = self.diffusion.training_losses(self.model, self.images, t, model_kwargs=self._cond(self.labels))
     self.mp.backward((losses["loss"] * weights).mean())
     if self.mp.optimize(self.opt):
       self.gd_nn.update_ema(self.ema, self.mp.master_params, rate=self.ema_rate)
@@ -120,7 +128,7 @@ class Reference:
     labels = torch.arange(batch) % max(self.num_classes, 1)
     self.model.eval()
     try:
-      with torch.no_grad():
+      with torch.no_grad(), self._forward_context():
         return diffusion.ddim_sample_loop(self.model, noise.shape, noise=noise, clip_denoised=True,
                                           model_kwargs=self._cond(labels), eta=0.0)
     finally:
@@ -222,7 +230,8 @@ def main(argv=None):
   spec = json.loads(args.spec) if args.spec.lstrip().startswith("{") else json.load(open(args.spec))
   reference = Reference(args.checkout, spec, args.threads)
   if args.serve:
-    serve(reference, system=reference.system_info(), params=reference.params, ignored_spec_keys=reference.ignored)
+    serve(reference, system=reference.system_info(), params=reference.params, ignored_spec_keys=reference.ignored,
+          autocast=reference.autocast)
   else:
     print(json.dumps({"system": system_info(), "train": reference.time_train(args.train_steps)}, indent=2))
 

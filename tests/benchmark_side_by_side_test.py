@@ -41,6 +41,10 @@ class TorchSpecTest(absltest.TestCase):
                 "predict_xstart": False, "predict_v": False, "use_fp16": False}
     self.assertEqual({k: spec["model_and_diffusion"][k] for k in expected}, expected)
     self.assertEqual((spec["batch_size"], spec["lr"], spec["weight_decay"], spec["ema_rate"]), (32, 2e-5, 0.0, 0.9999))
+    self.assertEqual(spec["autocast"], "")           # float32 against float32
+    bf16 = cifar10.get_config()
+    bf16.model.dtype = "bfloat16"
+    self.assertEqual(benchmark_side_by_side.torch_spec(bf16)["autocast"], "bfloat16")   # theirs under autocast
 
   def test_spec_kwargs_keeps_what_the_factory_accepts(self):
     def factory(image_size, num_channels, p2_gamma=0):

@@ -192,7 +192,7 @@ class AnalysisRun:
                      {k: v for k, v in row.items() if k in ("channel_shift", "channel_fd", "mmd")})
         progress.update()
         writer.write_images(step, {f"samples/{name}/steps{int(steps):04d}":
-                                                 pixels.image_grid(strip[-1], columns=STRIP_IMAGES)[None]})
+                                   pixels.image_grid(strip[-1], columns=STRIP_IMAGES)[None]})
       strips[name] = np.concatenate(strip)
     return results, (exact_results if self.mixture is not None else {}), strips
 
