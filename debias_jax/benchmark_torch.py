@@ -101,9 +101,11 @@ class Reference:
     """TrainLoop.run_step (one microbatch, fp32) without logging."""
     self.mp.zero_grad()
     t, weights = self.schedule_sampler.sample(self.batch_size, "cpu")
+    # Backward inside the autocast context as well: guided-diffusion's attention blocks always checkpoint, and its
+    # checkpoint function reruns their forward during backward without restoring the autocast state.
     with self._forward_context():
       losses = self.diffusion.training_losses(self.model, self.images, t, model_kwargs=self._cond(self.labels))
-    self.mp.backward((losses["loss"] * weights).mean())
+      self.mp.backward((losses["loss"] * weights).mean())
     if self.mp.optimize(self.opt):
       self.gd_nn.update_ema(self.ema, self.mp.master_params, rate=self.ema_rate)
 

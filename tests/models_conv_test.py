@@ -56,20 +56,43 @@ class WeightGradTest(parameterized.TestCase):
   @parameterized.parameters(jnp.float32, jnp.bfloat16)
   def test_conv3x3_values_and_both_gradients_match_xla(self, dtype):
     x, w, dy = inputs((2, 16, 16, 96), 48, dtype)
-    np.testing.assert_array_equal(jax.jit(conv.conv3x3)(x, w), jax.jit(xla_conv)(x, w))
+    y, expected_y = jax.jit(conv.conv3x3)(x, w), jax.jit(xla_conv)(x, w)
     (gx, gw), (ex, ew) = grads(conv.conv3x3, x, w, dy), grads(xla_conv, x, w, dy)
-    self.assertEqual((gx.dtype, gw.dtype), (dtype, dtype))
-    np.testing.assert_array_equal(gx, ex)  # the input gradient is XLA's own
-    tol = 1e-5 if dtype == jnp.float32 else 2e-2
-    np.testing.assert_allclose(np.asarray(gw, np.float32), np.asarray(ew, np.float32), rtol=tol,
-                               atol=tol * float(jnp.max(jnp.abs(ew.astype(jnp.float32)))))
+    self.assertEqual((y.dtype, gx.dtype, gw.dtype), (dtype,) * 3)
+    if dtype == jnp.float32:   # forward and input gradient are XLA's own; the weight gradient sums in another order
+      np.testing.assert_array_equal(y, expected_y)
+      np.testing.assert_array_equal(gx, ex)
+    # bfloat16 on CPU: all three are GEMMs, equal to XLA's up to bfloat16 rounding
+    tol = 1e-5 if dtype == jnp.float32 else 1e-2
+    for got, expected in ((y, expected_y), (gx, ex), (gw, ew)):
+      expected = np.asarray(expected, np.float32)
+      np.testing.assert_allclose(np.asarray(got, np.float32), expected, rtol=tol, atol=tol * np.abs(expected).max())
 
-  def test_cpu_weight_gradient_compiles_to_a_gemm_not_a_convolution(self):
-    x, w, dy = inputs((2, 16, 16, 96), 32)
-    grad = jax.jit(jax.grad(lambda w, x, dy: jnp.vdot(conv.conv3x3(x, w), dy)))
-    hlo = grad.lower(w, x, dy).compile().as_text()
-    self.assertNotIn("convolution(", hlo)
-    self.assertIn(" dot(", hlo)
+  def test_conv_as_gemms_equals_xla_in_float32_and_rounds_once_in_bfloat16(self):
+    x, w, _ = inputs((2, 8, 8, 16), 8)
+    np.testing.assert_allclose(jax.jit(conv.conv_as_gemms)(x, w), xla_conv(x, w), rtol=1e-5, atol=1e-5)
+    # bfloat16 inputs: products exact in float32, summed in float32, rounded once: the float32 convolution of the
+    # same values rounded to bfloat16, up to one bfloat16 step (the two sums run in different orders)
+    xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    exact = jax.lax.conv_general_dilated(xb.astype(jnp.float32), wb.astype(jnp.float32), (1, 1), SAME,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest")
+    got = jax.jit(conv.conv_as_gemms)(xb, wb)
+    self.assertEqual(got.dtype, jnp.bfloat16)
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(exact.astype(jnp.bfloat16), np.float32),
+                               rtol=1e-2, atol=1e-6)
+
+  @parameterized.parameters((jnp.float32, ("convolution(", " dot(")), (jnp.bfloat16, (" dot(",)))
+  def test_cpu_gemms_replace_the_convolutions_meant(self, dtype, expected_ops):
+    # float32: the weight gradient is a GEMM, the forward and input gradient stay XLA's convolutions;
+    # bfloat16: all three are GEMMs
+    x, w, dy = inputs((2, 16, 16, 96), 32, dtype)
+    loss = lambda x, w: jnp.vdot(conv.conv3x3(x, w), dy).astype(jnp.float32)
+    weight_grad = jax.jit(jax.grad(loss, 1)).lower(x, w).compile().as_text()
+    self.assertNotIn("convolution(", weight_grad)
+    self.assertIn(" dot(", weight_grad)
+    both = jax.jit(jax.value_and_grad(loss, (0, 1))).lower(x, w).compile().as_text()
+    self.assertEqual({op: op in both for op in ("convolution(", " dot(")},
+                     {op: op in expected_ops for op in ("convolution(", " dot(")})
 
 
 class DispatchTest(parameterized.TestCase):
