@@ -20,6 +20,8 @@ import time
 
 import jax
 
+from debias_jax.models import conv
+
 CATEGORIES = (
     "convolution forward",
     "convolution input gradient",
@@ -89,6 +91,10 @@ def categorise(instr: Instruction, computations: dict, attention_layers=frozense
   inner = computations.get(instr.calls, []) if instr.calls else []
   convs = [i for i in [instr] + inner if i.opcode == "convolution"]
   op_name = instr.op_name or next((i.op_name for i in inner if i.op_name), "")
+  for scope, category in ((conv.FORWARD_GEMMS, CONV_FWD), (conv.INPUT_GRAD_GEMMS, CONV_DX),
+                          (conv.WEIGHT_GRAD_GEMMS, CONV_DW)):
+    if scope in op_name:   # models/conv.py's GEMM forms
+      return category
   if convs:
     c = convs[0]
     if _is_weight_gradient_conv(c):

@@ -22,6 +22,7 @@ from debias_jax import benchmark_profile
 from debias_jax import benchmark_side_by_side
 from debias_jax import benchmark_torch
 from debias_jax import builders
+from debias_jax.models import conv
 from debias_jax.models import unet
 from tests import test_util
 
@@ -138,6 +139,15 @@ ENTRY %main (a: f32[2,8,8,4], b: f32[3,3,4,4], c: f32[4,8,8,2], d: f32[8,8,2,4])
     self.assertEqual(category("fwd"), benchmark_profile.CONV_FWD)
     self.assertEqual(category("gn"), benchmark_profile.NORM)
     self.assertEqual(category("upd"), benchmark_profile.OUTSIDE)
+
+  def test_gemm_forms_of_the_convolutions_are_told_apart(self):
+    # bfloat16 on CPU: forward, input and weight gradient are all loops of dots; their named scopes say which
+    x, w, dy = (jnp.ones(s, jnp.bfloat16) for s in ((2, 16, 16, 64), (3, 3, 64, 64), (2, 16, 16, 64)))
+    loss = lambda x, w: jnp.vdot(conv.conv3x3(x, w), dy).astype(jnp.float32)
+    text = jax.jit(jax.value_and_grad(loss, (0, 1))).lower(x, w).compile().as_text()
+    instructions, computations = benchmark_profile.parse_hlo(text)
+    dots = {benchmark_profile.categorise(i, computations) for i in instructions.values() if i.opcode == "dot"}
+    self.assertEqual(dots, {benchmark_profile.CONV_FWD, benchmark_profile.CONV_DX, benchmark_profile.CONV_DW})
 
   def test_self_times_subtract_nested_events(self):
     outer = benchmark_profile.Event("while", 0, 100)

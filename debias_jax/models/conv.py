@@ -30,6 +30,10 @@ from jax import lax
 MIN_CHANNELS = 64
 MIN_PIXELS = 16 * 16
 
+# Named scopes of the GEMM forms, so a profile (benchmark_profile) can tell forward, input- and weight-gradient
+# GEMMs apart (all three are loops of dots in the compiled program).
+FORWARD_GEMMS, INPUT_GRAD_GEMMS, WEIGHT_GRAD_GEMMS = "conv_forward_gemms", "conv_input_grad_gemms", "conv_weight_grad_gemms"
+
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 _SAME_3X3 = ((1, 1), (1, 1))
 
@@ -78,6 +82,13 @@ def _input_grad_as_gemms(dy, w, precision=None):
   return conv_as_gemms(dy, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), precision)
 
 
+def _scoped(name: str, fn):
+  def scoped(*args):
+    with jax.named_scope(name):
+      return fn(*args)
+  return scoped
+
+
 def _on_cpu_in_bfloat16(x, gemms, xla, *args):
   """`gemms(*args)` on CPU for bfloat16 inputs, else `xla(*args)` (the dtype is known when tracing)."""
   if x.dtype != jnp.bfloat16:
@@ -93,7 +104,7 @@ def _xla_weight_grad(x, dy, w, precision=None):
 def conv3x3(x, w, precision=None):
   """3×3 stride-1 "SAME" NHWC/HWIO convolution; its weight gradient uses the nine GEMMs on CPU, and in bfloat16
   its forward and input gradient as well."""
-  return _on_cpu_in_bfloat16(x, lambda x, w: conv_as_gemms(x, w, precision),
+  return _on_cpu_in_bfloat16(x, _scoped(FORWARD_GEMMS, lambda x, w: conv_as_gemms(x, w, precision)),
                              lambda x, w: _xla_conv(x, w, precision), x, w)
 
 
@@ -103,11 +114,11 @@ def _conv3x3_fwd(x, w, precision):
 
 def _conv3x3_bwd(precision, residuals, dy):
   x, w = residuals
-  dx = _on_cpu_in_bfloat16(x, lambda dy, w: _input_grad_as_gemms(dy, w, precision),
+  dx = _on_cpu_in_bfloat16(x, _scoped(INPUT_GRAD_GEMMS, lambda dy, w: _input_grad_as_gemms(dy, w, precision)),
                            lambda dy, w: jax.vjp(lambda x: _xla_conv(x, w, precision), x)[1](dy)[0], dy, w)
   dw = lax.platform_dependent(
       x, dy, w,
-      cpu=lambda x, dy, w: weight_grad_as_gemms(x, dy, precision).astype(w.dtype),
+      cpu=_scoped(WEIGHT_GRAD_GEMMS, lambda x, dy, w: weight_grad_as_gemms(x, dy, precision).astype(w.dtype)),
       default=lambda x, dy, w: _xla_weight_grad(x, dy, w, precision))
   return dx, dw
 
