@@ -132,7 +132,8 @@ class AnalyzerTest(absltest.TestCase):
       for key in ("x0_error", "first_step", "color_shift", "summary"):
         self.assertEqual(_without_timings(record[key]), _without_timings(fresh[key]),
                          f"{key} of step {step}, use_ema={use_ema}")
-      self.assertEqual((record["checkpoint_step"], record["params"]), (step, checkpointing.params_name(config, use_ema)))
+      self.assertEqual((record["checkpoint_step"], record["params"]),
+                       (step, checkpointing.params_name(config, use_ema)))
     self.assertNotEqual(shared[0]["x0_error"], shared[1]["x0_error"])    # so the comparison above can fail
     self.assertNotEqual(shared[0]["x0_error"], shared[2]["x0_error"])
 

@@ -32,7 +32,9 @@ MIN_PIXELS = 16 * 16
 
 # Named scopes of the GEMM forms, so a profile (benchmark_profile) can tell forward, input- and weight-gradient
 # GEMMs apart (all three are loops of dots in the compiled program).
-FORWARD_GEMMS, INPUT_GRAD_GEMMS, WEIGHT_GRAD_GEMMS = "conv_forward_gemms", "conv_input_grad_gemms", "conv_weight_grad_gemms"
+FORWARD_GEMMS = "conv_forward_gemms"
+INPUT_GRAD_GEMMS = "conv_input_grad_gemms"
+WEIGHT_GRAD_GEMMS = "conv_weight_grad_gemms"
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 _SAME_3X3 = ((1, 1), (1, 1))
