@@ -6,6 +6,7 @@ import functools
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import flax.linen as flax_nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,6 +103,65 @@ class ParamCountTest(parameterized.TestCase):
     overrides = dict(overrides)
     config = _paper_config(32, overrides.pop("channel_mult", (1, 2, 2, 2)), num_classes, **overrides)
     self.assertEqual(unet.param_count(builders.create_model(config)), expected)
+
+
+class GroupNorm32Test(parameterized.TestCase):
+  """The fused GroupNorm against flax's nn.GroupNorm followed by the FiLM and SiLU it replaces."""
+
+  def _inputs(self, dtype, shape=(3, 8, 8, 64)):
+    k = jax.random.split(jax.random.key(0), 5)
+    x = (2 * jax.random.normal(k[0], shape) + 1).astype(dtype)
+    params = {"scale": 1 + 0.1 * jax.random.normal(k[1], shape[-1:]), "bias": 0.1 * jax.random.normal(k[2], shape[-1:])}
+    scale, shift = (0.3 * jax.random.normal(k[i], (shape[0], shape[-1])).astype(dtype) for i in (3, 4))
+    return x, params, scale, shift
+
+  @staticmethod
+  def _flax(params, x, scale=None, shift=None, silu=False):
+    y = flax_nn.GroupNorm(num_groups=unet.NUM_GROUPS, epsilon=1e-5, use_fast_variance=False).apply(
+        {"params": params}, x.astype(jnp.float32))
+    if scale is not None:
+      y = y * (1 + scale.astype(jnp.float32)[:, None, None]) + shift.astype(jnp.float32)[:, None, None]
+    return (flax_nn.silu(y) if silu else y).astype(x.dtype)
+
+  def test_same_params_as_flax(self):
+    x, *_ = self._inputs(jnp.float32)
+    ours = unet.GroupNorm32().init(jax.random.key(0), x)["params"]
+    theirs = flax_nn.GroupNorm(num_groups=unet.NUM_GROUPS).init(jax.random.key(0), x)["params"]
+    self.assertEqual(jax.tree.map(lambda a: (a.shape, a.dtype), ours), jax.tree.map(lambda a: (a.shape, a.dtype), theirs))
+    for name in ("scale", "bias"):
+      np.testing.assert_array_equal(ours[name], theirs[name])
+
+  @parameterized.named_parameters(("plain", False, False), ("silu", False, True), ("film_silu", True, True))
+  def test_values_and_gradients_equal_flax_up_to_rounding(self, film, silu):
+    x, params, scale, shift = self._inputs(jnp.float32)
+    film_args = (scale, shift) if film else ()
+    dy = jax.random.normal(jax.random.key(9), x.shape)
+
+    def loss(fn):
+      return lambda params, x, *film: jnp.sum(fn(params, x, *film) * dy)
+    ours = lambda params, x, *film: unet.GroupNorm32(silu=silu).apply({"params": params}, x, *film)
+    theirs = lambda params, x, *film: self._flax(params, x, *film, silu=silu)
+    np.testing.assert_allclose(ours(params, x, *film_args), theirs(params, x, *film_args), rtol=1e-5, atol=1e-5)
+    argnums = tuple(range(2 + len(film_args)))
+    for g_ours, g_theirs in zip(jax.tree.leaves(jax.grad(loss(ours), argnums)(params, x, *film_args)),
+                                jax.tree.leaves(jax.grad(loss(theirs), argnums)(params, x, *film_args))):
+      np.testing.assert_allclose(g_ours, g_theirs, rtol=1e-4, atol=1e-4)
+    # not vacuous: the output is normalised per group, not per channel or per image
+    y = np.asarray(unet.GroupNorm32().apply({"params": jax.tree.map(jnp.ones_like, params) | {"bias": jnp.zeros(64)}}, x))
+    groups = y.reshape(3, -1, unet.NUM_GROUPS, 2)
+    np.testing.assert_allclose(groups.mean((1, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(groups.var((1, 3)), 1, atol=1e-3)
+
+  def test_bfloat16_input_within_rounding_and_dtype_kept(self):
+    x, params, scale, shift = self._inputs(jnp.bfloat16)
+    ours = unet.GroupNorm32(silu=True).apply({"params": params}, x, scale, shift)
+    self.assertEqual(ours.dtype, jnp.bfloat16)
+    np.testing.assert_allclose(np.asarray(ours, np.float32),
+                               np.asarray(self._flax(params, x, scale, shift, silu=True), np.float32), rtol=2 ** -7, atol=2 ** -7)
+
+  def test_channels_not_divisible_by_the_groups(self):
+    with self.assertRaisesRegex(ValueError, "divisible by 32"):
+      unet.GroupNorm32().init(jax.random.key(0), jnp.zeros((1, 4, 4, 48)))
 
 
 class UNetTest(parameterized.TestCase):

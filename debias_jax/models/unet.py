@@ -72,14 +72,45 @@ def _conv(features: int, in_channels: int, dtype, name: str, kernel: int = 3, st
                  conv_general_dilated=conv_fn, name=name)
 
 
-def _group_norm(x, name: str):
-  """GroupNorm(32) computed in float32 whatever the compute dtype, cast back afterwards (ADM's GroupNorm32).
+class GroupNorm32(nn.Module):
+  """GroupNorm(32) in float32 whatever the compute dtype (ADM's GroupNorm32), with the ResBlock's FiLM scale and
+  shift and the SiLU that follow it applied in the same pass; the result is cast back to the input's dtype.
 
-  Call inside a compact method; the layer's params are `name`/{scale, bias}.
+  The same arithmetic as flax's `nn.GroupNorm` (two-pass variance, epsilon 1e-5, params `scale` and `bias`), up to
+  float rounding, arranged for XLA:CPU: the statistics are sums over pixels per channel (a reduction along the
+  contiguous channel axis, which vectorises), then over the channels of each group, and the normalisation, affine
+  and FiLM collapse into one multiply-add per (image, channel). flax's reduction over (pixels, channels of a
+  group) ran 3x slower forward and backward on a 32x32x128 batch, a quarter of a CIFAR-10 train step.
   """
-  y = nn.GroupNorm(num_groups=NUM_GROUPS, epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32,
-                   use_fast_variance=False, name=name)(x.astype(jnp.float32))
-  return y.astype(x.dtype)
+  silu: bool = False
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x, film_scale=None, film_shift=None):
+    b, c = x.shape[0], x.shape[-1]
+    if c % NUM_GROUPS:
+      raise ValueError(f"GroupNorm needs channels divisible by {NUM_GROUPS} groups, got {c}.")
+    gamma = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    beta = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    h = x.astype(jnp.float32)
+    pixels = tuple(range(1, h.ndim - 1))
+    per_group = c // NUM_GROUPS
+    count = per_group * math.prod(h.shape[1:-1])
+
+    def group_mean(channel_sums):   # (b, c) sums over pixels -> each channel's group mean, (b, c)
+      return jnp.repeat(channel_sums.reshape(b, NUM_GROUPS, per_group).sum(-1) / count, per_group, axis=-1)
+
+    def per_pixel(v):               # (b, c) -> broadcastable against h
+      return v.reshape((b,) + (1,) * len(pixels) + (c,))
+
+    centred = h - per_pixel(group_mean(h.sum(pixels)))
+    multiplier = gamma * jax.lax.rsqrt(group_mean(jnp.square(centred).sum(pixels)) + self.epsilon)
+    offset = jnp.broadcast_to(beta, (b, c))
+    if film_scale is not None:      # (norm * gamma + beta) * (1 + scale) + shift
+      film_scale = 1 + film_scale.astype(jnp.float32)
+      multiplier, offset = multiplier * film_scale, offset * film_scale + film_shift.astype(jnp.float32)
+    y = centred * per_pixel(multiplier) + per_pixel(offset)
+    return (nn.silu(y) if self.silu else y).astype(x.dtype)
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10000.0):
@@ -119,7 +150,7 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, emb, train: bool = False):
-    h = nn.silu(_group_norm(x, "in_norm"))
+    h = GroupNorm32(silu=True, name="in_norm")(x)
     if self.up:
       h, x = _upsample(h), _upsample(x)
     elif self.down:
@@ -128,13 +159,11 @@ class ResBlock(nn.Module):
 
     emb_width = 2 * self.out_channels if self.use_scale_shift_norm else self.out_channels
     emb_out = _dense(emb_width, self.emb_channels, self.dtype, "emb_proj")(nn.silu(emb))
-    emb_out = emb_out.astype(h.dtype)[:, None, None, :]
     if self.use_scale_shift_norm:
-      scale, shift = jnp.split(emb_out, 2, axis=-1)
-      h = _group_norm(h, "out_norm") * (1 + scale) + shift
+      h = GroupNorm32(silu=True, name="out_norm")(h, *jnp.split(emb_out, 2, axis=-1))
     else:
-      h = _group_norm(h + emb_out, "out_norm")
-    h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=not train)
+      h = GroupNorm32(silu=True, name="out_norm")(h + emb_out.astype(h.dtype)[:, None, None, :])
+    h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = _conv(self.out_channels, self.out_channels, self.dtype, "out_conv", zero=True, conv_fn=self.conv)(h)
 
     if self.out_channels != self.in_channels:
@@ -153,7 +182,7 @@ class AttentionBlock(nn.Module):
   def __call__(self, x):
     b, hgt, wid, c = x.shape
     heads, ch = self.num_heads, c // self.num_heads
-    qkv = _dense(3 * c, c, self.dtype, "qkv")(_group_norm(x, "norm").reshape(b, hgt * wid, c))
+    qkv = _dense(3 * c, c, self.dtype, "qkv")(GroupNorm32(name="norm")(x).reshape(b, hgt * wid, c))
     if self.use_new_attention_order:   # channels ordered (q|k|v, head, ch)
       q, k, v = jnp.moveaxis(qkv.reshape(b, -1, 3, heads, ch), 2, 0)
     else:                              # legacy: (head, q|k|v, ch)
@@ -357,7 +386,7 @@ class UNet(nn.Module):
       for layer in block:
         h = apply_layer(layer, h)
     # The output head runs in float32, as in ADM's fp16 mode (only the torso is converted).
-    h = nn.silu(_group_norm(h.astype(jnp.float32), "out_0"))
+    h = GroupNorm32(silu=True, name="out_0")(h.astype(jnp.float32))
     return _conv(self.out_channels, layout.out_channels_last, jnp.float32, "out_2", zero=True, conv_fn=self.conv)(h)
 
 
