@@ -174,6 +174,28 @@ class WorkerEnvTest(absltest.TestCase):
                      ["--xla_force_host_platform_device_count=1"])   # the user's count wins
 
 
+class FastestInTurnTest(absltest.TestCase):
+
+  def test_fastest_of_each_taken_in_turn(self):
+    calls = []
+
+    class Fake:
+      def __init__(self, name, speeds):
+        self.name, self.speeds = name, iter(speeds)
+
+      def ask(self, **cmd):
+        calls.append((self.name, cmd["warmup"]))
+        return {"images_per_s": next(self.speeds), "op": cmd["op"]}
+
+    workers = {"jax": Fake("jax", [3.0, 5.0, 4.0]), "torch": Fake("torch", [6.0, 2.0, 1.0])}
+    best = benchmark_side_by_side.fastest_in_turn(workers, ["torch", "jax"], {"op": "train"}, 3, warmup=1)
+    self.assertEqual(best, {"torch": {"images_per_s": 6.0, "op": "train", "measurements": 3},
+                            "jax": {"images_per_s": 5.0, "op": "train", "measurements": 3}})
+    self.assertEqual(list(best), ["torch", "jax"])
+    # in turn, the warm-up only before each program's first measurement
+    self.assertEqual(calls, [("torch", 1), ("jax", 1), ("torch", 0), ("jax", 0), ("torch", 0), ("jax", 0)])
+
+
 class DriverTest(absltest.TestCase):
 
   def test_our_side_alone_end_to_end(self):
@@ -181,7 +203,7 @@ class DriverTest(absltest.TestCase):
       out = os.path.join(tmp, "out", "side.json")
       proc = subprocess.run(
           [sys.executable, "-m", "debias_jax.benchmark_side_by_side", "--config", "configs/tiny.py",
-           "--rounds", "2", "--train_steps", "1", "--ddim_steps", "2", "--sample_batch_size", "4",
+           "--rounds", "2", "--repeats", "2", "--train_steps", "1", "--ddim_steps", "2", "--sample_batch_size", "4",
            "--threads", "1", "--output", out],
           cwd=test_util.REPO, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
       self.assertEqual(proc.returncode, 0, proc.stderr[-3000:] + proc.stdout[-2000:])
@@ -191,6 +213,7 @@ class DriverTest(absltest.TestCase):
     system = results["workers"]["jax"]["system"]
     self.assertLen(system["cpus"], 1)   # the worker was pinned before JAX started
     self.assertLen(results["rounds"], 2)
+    self.assertEqual(results["rounds"][0]["train"]["jax"]["measurements"], 2)
     summary = results["summary"]
     self.assertEqual(set(summary), {"train", "DDIM-2"})
     self.assertTrue(all(v > 0 and np.isfinite(v) for e in summary.values() for v in e["ours_images_per_s"]))
