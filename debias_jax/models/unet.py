@@ -72,29 +72,6 @@ def _conv(features: int, in_channels: int, dtype, name: str, kernel: int = 3, st
                  conv_general_dilated=conv_fn, name=name)
 
 
-@jax.custom_vjp
-def _pixel_sums(x):
-  """Sums over the pixels of a (batch, pixels..., channels) array, (batch, channels), as a product with ones.
-
-  XLA:CPU runs the product as a GEMM, faster than its reduction over the pixel axes inside a UNet (which it fuses
-  with neighbouring elementwise work); the gradient is the plain broadcast.
-  """
-  flat = x.reshape(x.shape[0], -1, x.shape[-1])
-  return jax.lax.dot_general(jnp.ones(flat.shape[:2], x.dtype), flat, (((1,), (1,)), ((0,), (0,))))
-
-
-def _pixel_sums_fwd(x):
-  return _pixel_sums(x), jnp.zeros((0,) + x.shape, x.dtype)   # an empty array that carries x's shape
-
-
-def _pixel_sums_bwd(shape_carrier, g):
-  shape = shape_carrier.shape[1:]
-  return (jnp.broadcast_to(g.reshape((shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],)), shape),)
-
-
-_pixel_sums.defvjp(_pixel_sums_fwd, _pixel_sums_bwd)
-
-
 class GroupNorm32(nn.Module):
   """GroupNorm(32) in float32 whatever the compute dtype (ADM's GroupNorm32), with the ResBlock's FiLM scale and
   shift and the SiLU that follow it applied in the same pass; the result is cast back to the input's dtype.
@@ -116,7 +93,7 @@ class GroupNorm32(nn.Module):
     gamma = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
     beta = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
     h = x.astype(jnp.float32)
-    pixels = h.ndim - 2
+    pixels = tuple(range(1, h.ndim - 1))
     per_group = c // NUM_GROUPS
     count = per_group * math.prod(h.shape[1:-1])
 
@@ -124,10 +101,10 @@ class GroupNorm32(nn.Module):
       return jnp.repeat(channel_sums.reshape(b, NUM_GROUPS, per_group).sum(-1) / count, per_group, axis=-1)
 
     def per_pixel(v):               # (b, c) -> broadcastable against h
-      return v.reshape((b,) + (1,) * pixels + (c,))
+      return v.reshape((b,) + (1,) * len(pixels) + (c,))
 
-    centred = h - per_pixel(group_mean(_pixel_sums(h)))
-    multiplier = gamma * jax.lax.rsqrt(group_mean(_pixel_sums(jnp.square(centred))) + self.epsilon)
+    centred = h - per_pixel(group_mean(h.sum(pixels)))
+    multiplier = gamma * jax.lax.rsqrt(group_mean(jnp.square(centred).sum(pixels)) + self.epsilon)
     offset = jnp.broadcast_to(beta, (b, c))
     if film_scale is not None:      # (norm * gamma + beta) * (1 + scale) + shift
       film_scale = 1 + film_scale.astype(jnp.float32)
