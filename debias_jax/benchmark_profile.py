@@ -104,7 +104,11 @@ def categorise(instr: Instruction, computations: dict, attention_layers=frozense
     return OUTSIDE if op_name else OTHER
   layer, sub = _layer(op_name)
   if "_conv" in sub or sub in ("op", "conv", "skip", "out_2") or layer.startswith("input_blocks_0"):
-    # Non-convolution instructions of a conv layer: the GEMM weight gradient's loop, bias gradients, pads.
+    # Non-convolution instructions of a conv layer. Forward (a sampler's loop included): its bias add and, for the
+    # 1×1 skips, its dot. Backward: the GEMM weight gradient's loop and pads, bias gradients; the rest (the 1×1
+    # skips' gradient dots, which do not say which gradient they are) is "other".
+    if "transpose(" not in op_name:
+      return CONV_FWD
     return CONV_DW if ("while/body" in op_name or "cond/branch" in op_name or "reduce_sum" in op_name) else OTHER
   if "norm" in sub or layer == "out_0" or "silu" in sub or "silu" in op_name:
     return NORM

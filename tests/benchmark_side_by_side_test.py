@@ -129,6 +129,9 @@ ENTRY %main (a: f32[2,8,8,4], b: f32[3,3,4,4], c: f32[4,8,8,2], d: f32[8,8,2,4])
   %dw = f32[4,3,3,4]{3,2,1,0} convolution(%c, %d), window={size=8x8 pad=1_1x1_1}, dim_labels=f01b_i01o->01bf
   %fwd = f32[2,8,8,4]{3,2,1,0} convolution(%a, %b), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(f)/jvp(UNet)/input_blocks_1_0/in_conv/conv_general_dilated"}
   %gn = f32[2,8,8,4]{3,2,1,0} multiply(%a, %a), metadata={op_name="jit(f)/jvp(UNet)/input_blocks_1_0/in_norm/mul"}
+  %bias = f32[2,8,8,4]{3,2,1,0} add(%a, %a), metadata={op_name="jit(f)/while/body/closed_call/UNet/input_blocks_1_0/in_conv/add"}
+  %skip = f32[2,8,8,4]{3,2,1,0} dot(%a, %b), lhs_contracting_dims={3}, rhs_contracting_dims={0}, metadata={op_name="jit(f)/jvp(UNet)/output_blocks_1_0/skip/dot_general"}
+  %dbias = f32[4]{0} add(%a, %a), metadata={op_name="jit(f)/transpose(jvp(UNet))/input_blocks_1_0/in_conv/reduce_sum"}
   ROOT %upd = f32[2,8,8,4]{3,2,1,0} add(%a, %a), metadata={op_name="jit(f)/add"}
 }
 """
@@ -138,6 +141,10 @@ ENTRY %main (a: f32[2,8,8,4], b: f32[3,3,4,4], c: f32[4,8,8,2], d: f32[8,8,2,4])
     self.assertEqual(category("dw"), benchmark_profile.CONV_DW)
     self.assertEqual(category("fwd"), benchmark_profile.CONV_FWD)
     self.assertEqual(category("gn"), benchmark_profile.NORM)
+    # a conv layer's other ops: forward ones (a sampler loop's bias add, a 1×1 skip's dot) are its forward
+    self.assertEqual(category("bias"), benchmark_profile.CONV_FWD)
+    self.assertEqual(category("skip"), benchmark_profile.CONV_FWD)
+    self.assertEqual(category("dbias"), benchmark_profile.CONV_DW)
     self.assertEqual(category("upd"), benchmark_profile.OUTSIDE)
 
   def test_gemm_forms_of_the_convolutions_are_told_apart(self):
