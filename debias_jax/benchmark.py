@@ -283,6 +283,7 @@ def _system(devices, precision) -> dict:
           "jax_version": jax.__version__, "cpu_model": xla_cpu.cpu_model(), "cpu_count": os.cpu_count(),
           "cpu_threads": xla_cpu.usable_cores(),
           "load_average_start": list(os.getloadavg()), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "malloc_reuses_freed_memory": xla_cpu.reusing_freed_memory(),
           "matmul_precision": str(precision or "default")}
 
 
@@ -393,7 +394,8 @@ def format_report(results: dict) -> str:
            + (f", {s['cpu_model']}, {s['cpu_count']} cores" if s["platform"] == "cpu" else "") + ")",
            f"Data: {results['data_note']}.",
            f"Host: {s['cpu_model'] or 'unknown CPU'}, {s.get('cpu_threads') or s['cpu_count']} thread(s) of "
-           f"{s['cpu_count']} CPUs; XLA_FLAGS={s['xla_flags'] or '(none)'}; jax {s['jax_version']}.",
+           f"{s['cpu_count']} CPUs; XLA_FLAGS={s['xla_flags'] or '(none)'}; "
+           f"malloc keeps freed memory: {'yes' if s.get('malloc_reuses_freed_memory') else 'no'}; jax {s['jax_version']}.",
            f"Load average (1/5/15 min) at start {s['load_average_start'][0]:.2f}/{s['load_average_start'][1]:.2f}/"
            f"{s['load_average_start'][2]:.2f}, at end {s['load_average_end'][0]:.2f}/"
            f"{s['load_average_end'][1]:.2f}/{s['load_average_end'][2]:.2f}.",
@@ -516,6 +518,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   xla_cpu.prefer_wide_vectors()  # before JAX starts its backends
+  xla_cpu.reuse_freed_memory()
   run_from_flags(flags.FLAGS)
 
 

@@ -157,7 +157,8 @@ def system_info() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   return {"jax_version": jax.__version__, "cpu_model": xla_cpu.cpu_model(),
           "cpus": sorted(os.sched_getaffinity(0)),
-          "xla_flags": os.environ.get("XLA_FLAGS", ""), "python": platform.python_version(),
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "malloc_reuses_freed_memory": xla_cpu.reusing_freed_memory(), "python": platform.python_version(),
           "device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count()}
 
 
@@ -252,6 +253,7 @@ def _hello_line(workers: dict[str, Worker], threads: int, dtype: str) -> str:
   hello = workers["jax"].hello["system"]
   line = (f"Host CPU: {hello['cpu_model']}; {threads} thread(s) on CPUs {hello['cpus']}, ours as "
           f"{hello['num_devices']} device(s) computing in {dtype}; XLA_FLAGS={hello['xla_flags']!r}; "
+          f"malloc keeps freed memory: {'yes' if hello.get('malloc_reuses_freed_memory') else 'no'}; "
           f"jax {hello['jax_version']}")
   if "torch" in workers:
     torch = workers["torch"].hello
@@ -400,6 +402,7 @@ def main(argv):
     raise app.UsageError(f"--repeats must be >= 1, got {f.repeats}.")
   if f.worker == "jax":
     limit_cpus(f.threads)           # before JAX creates its thread pools
+    xla_cpu.reuse_freed_memory()
     serve_jax(f.config, f.threads)
     return
   if f.reference_checkout and not os.path.isdir(os.path.join(f.reference_checkout, "guided_diffusion")):

@@ -57,6 +57,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   xla_cpu.prefer_wide_vectors()  # before JAX starts its backends
+  xla_cpu.reuse_freed_memory()
   c = FLAGS.config
   xla_cpu.cores_as_devices((c.train.batch_size, c.sampling.batch_size, c.analysis.batch_size))
   if FLAGS.distributed:

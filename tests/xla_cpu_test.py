@@ -1,10 +1,13 @@
 """The entry points' XLA:CPU settings: 512-bit vectors on AVX-512 CPUs and the cores as devices, never overriding
-the user's choice."""
+the user's choice; malloc keeping freed memory mapped on CPU-only runs."""
 
 import test_env  # noqa: F401  first: the test environment (tests/test_env.py), before JAX starts
 
 import os
+import subprocess
+import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 
@@ -69,6 +72,76 @@ class CoresAsDevicesTest(absltest.TestCase):
 
   def test_the_cores_this_process_may_use(self):
     self.assertEqual(xla_cpu.usable_cores(), len(os.sched_getaffinity(0)))
+
+
+class FakeLibc:
+
+  def __init__(self, result=1):
+    self.calls, self.result = [], result
+
+  def mallopt(self, param, value):
+    self.calls.append((param, value))
+    return self.result
+
+
+# Allocates, fills and frees 256 MiB twice on a new thread (as XLA:CPU's execution threads do) and prints the page
+# faults of the second round: a freed buffer that stayed mapped costs none.
+_FAULTS_SCRIPT = """
+import ctypes, resource, sys, threading
+from debias_jax import xla_cpu
+applied = xla_cpu.reuse_freed_memory({"JAX_PLATFORMS": "cpu"}) if sys.argv[1] == "reuse" else False
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+faults = []
+def allocate_twice(size=256 << 20):
+  for _ in range(2):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    p = libc.malloc(size)
+    ctypes.memset(p, 1, size)
+    libc.free(p)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+thread = threading.Thread(target=allocate_twice)
+thread.start()
+thread.join()
+print(applied, faults[1])
+"""
+
+
+class ReuseFreedMemoryTest(absltest.TestCase):
+
+  def test_which_runs_are_cpu_only(self):
+    self.assertTrue(xla_cpu.runs_on_cpu_only({"JAX_PLATFORMS": "cpu"}))
+    self.assertFalse(xla_cpu.runs_on_cpu_only({"JAX_PLATFORMS": "tpu"}))
+    self.assertFalse(xla_cpu.runs_on_cpu_only({"JAX_PLATFORMS": "cuda,cpu"}))
+    with mock.patch.object(xla_cpu.importlib.metadata, "entry_points", return_value=["jax_cuda12_plugin"]):
+      self.assertFalse(xla_cpu.runs_on_cpu_only({}))
+    with mock.patch.object(xla_cpu.importlib.metadata, "entry_points", return_value=[]), \
+         mock.patch.object(xla_cpu.importlib.util, "find_spec", return_value=None):
+      self.assertTrue(xla_cpu.runs_on_cpu_only({}))
+
+  def test_mallopt_settings_on_cpu_only_runs(self):
+    libc = FakeLibc()
+    with mock.patch.object(xla_cpu, "_reusing_freed_memory", False):
+      self.assertFalse(xla_cpu.reuse_freed_memory({"JAX_PLATFORMS": "tpu"}, libc))
+      self.assertEqual(libc.calls, [])
+      self.assertFalse(xla_cpu.reusing_freed_memory())
+      self.assertTrue(xla_cpu.reuse_freed_memory({"JAX_PLATFORMS": "cpu"}, libc))
+      self.assertEqual(libc.calls, [(xla_cpu.M_ARENA_MAX, 1), (xla_cpu.M_MMAP_MAX, 0), (xla_cpu.M_TRIM_THRESHOLD, -1)])
+      self.assertTrue(xla_cpu.reusing_freed_memory())
+    with mock.patch.object(xla_cpu, "_reusing_freed_memory", False):
+      self.assertFalse(xla_cpu.reuse_freed_memory({"JAX_PLATFORMS": "cpu"}, FakeLibc(result=0)))   # refused
+
+  def test_a_freed_buffer_is_reused_without_page_faults(self):
+    def second_round_faults(mode):
+      out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True)
+      applied, faults = out.stdout.split()
+      return applied == "True", int(faults)
+    applied, faults = second_round_faults("reuse")
+    self.assertTrue(applied)
+    self.assertLess(faults, 16)       # 0 measured; a page or two of the interpreter's own may land in the window
+    applied, faults = second_round_faults("default")
+    self.assertFalse(applied)
+    self.assertGreater(faults, 100)   # glibc's default: unmapped on free, faulted in again (4 KiB or 2 MiB pages)
 
 
 if __name__ == "__main__":

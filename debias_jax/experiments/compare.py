@@ -331,6 +331,7 @@ def main(argv):
   previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)
   studies = [FLAGS.config.suite[name] for name in FLAGS.config.suite] if "suite" in FLAGS.config else [FLAGS.config]
   xla_cpu.prefer_wide_vectors()   # before JAX starts its backends
+  xla_cpu.reuse_freed_memory()
   xla_cpu.cores_as_devices([b for c in studies for b in (c.train.batch_size, c.sampling.batch_size,
                                                           c.analysis.batch_size)])
   cache = FLAGS.compilation_cache or str(epath.Path(FLAGS.workdir) / "xla_cache")
