@@ -116,10 +116,12 @@ def reuse_freed_memory(environ=os.environ, libc=None) -> bool:
   and no trimming, freed buffers return to the heap and stay mapped: no faults after the first step. The cost is
   that the process keeps its peak memory. Must run before JAX starts its backend: a thread picks its malloc arena
   at its first allocation. Accelerator hosts are left alone (their host threads, e.g. input pipelines, would
-  share one arena for nothing).
+  share one arena for nothing), and so is a user's own malloc setting (any MALLOC_* variable or glibc.malloc
+  tunable in the environment; e.g. MALLOC_ARENA_MAX=8 keeps glibc's defaults).
   """
   global _reusing_freed_memory
-  libc = (libc or _glibc()) if runs_on_cpu_only(environ) else None
+  users_choice = any(k.startswith("MALLOC_") for k in environ) or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
+  libc = (libc or _glibc()) if runs_on_cpu_only(environ) and not users_choice else None
   if libc is not None:
     # each mallopt returns 1 on success; -1 for the trim threshold means never trim
     _reusing_freed_memory = all([libc.mallopt(param, value) == 1 for param, value in (

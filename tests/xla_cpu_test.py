@@ -130,6 +130,10 @@ class ReuseFreedMemoryTest(absltest.TestCase):
       self.assertTrue(xla_cpu.reusing_freed_memory())
     with mock.patch.object(xla_cpu, "_reusing_freed_memory", False):
       self.assertFalse(xla_cpu.reuse_freed_memory({"JAX_PLATFORMS": "cpu"}, FakeLibc(result=0)))   # refused
+      for users_choice in ({"MALLOC_ARENA_MAX": "8"}, {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}):
+        libc = FakeLibc()
+        self.assertFalse(xla_cpu.reuse_freed_memory({"JAX_PLATFORMS": "cpu", **users_choice}, libc))
+        self.assertEqual(libc.calls, [])
 
   def test_a_freed_buffer_is_reused_without_page_faults(self):
     def second_round_faults(mode):
