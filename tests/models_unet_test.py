@@ -164,6 +164,39 @@ class GroupNorm32Test(parameterized.TestCase):
       unet.GroupNorm32().init(jax.random.key(0), jnp.zeros((1, 4, 4, 48)))
 
 
+class ScaleShiftProjectionTest(parameterized.TestCase):
+  """The FiLM projection as two products against the split of the nn.Dense it replaces."""
+
+  def _dense(self, dtype=jnp.float32):
+    return flax_nn.Dense(24, dtype=dtype, param_dtype=jnp.float32, kernel_init=unet._torch_kernel_init(),
+                         bias_init=unet._torch_bias_init(40))
+
+  def test_same_params_and_init_as_dense(self):
+    x = jnp.ones((3, 40))
+    ours = unet.ScaleShiftProjection(24, 40).init(jax.random.key(1), x)["params"]
+    theirs = self._dense().init(jax.random.key(1), x)["params"]
+    self.assertEqual(set(ours), {"kernel", "bias"})
+    for name in ours:
+      np.testing.assert_array_equal(ours[name], theirs[name])
+
+  @parameterized.named_parameters(("float32", jnp.float32, 1e-5), ("bfloat16", jnp.bfloat16, 2 ** -6))
+  def test_the_halves_of_dense_up_to_rounding_values_and_gradients(self, dtype, tol):
+    k = jax.random.split(jax.random.key(2), 3)
+    x = jax.random.normal(k[0], (3, 40))
+    params = {"kernel": jax.random.normal(k[1], (40, 24)), "bias": jax.random.normal(k[2], (24,))}
+    ours = lambda p, x: unet.ScaleShiftProjection(24, 40, dtype).apply({"params": p}, x)
+    theirs = lambda p, x: tuple(jnp.split(self._dense(dtype).apply({"params": p}, x), 2, axis=-1))
+    scale, shift = ours(params, x)
+    self.assertEqual((scale.shape, shift.shape, scale.dtype), ((3, 12), (3, 12), dtype))
+    for a, b in zip(ours(params, x), theirs(params, x)):
+      np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol * 8)
+    dy = jax.random.normal(jax.random.key(3), (2, 3, 12))
+    grads = [jax.grad(lambda p, x, f=f: sum(jnp.sum(o.astype(jnp.float32) * d) for o, d in zip(f(p, x), dy)),
+                      (0, 1))(params, x) for f in (ours, theirs)]
+    for g_ours, g_theirs in zip(*map(jax.tree.leaves, grads)):
+      np.testing.assert_allclose(g_ours, g_theirs, rtol=tol, atol=tol * 8)
+
+
 class UNetTest(parameterized.TestCase):
 
   def test_timestep_embedding_known_values(self):

@@ -62,6 +62,28 @@ def _dense(features: int, fan_in: int, dtype, name: str, zero: bool = False) -> 
                   bias_init=_torch_bias_init(fan_in), name=name)
 
 
+class ScaleShiftProjection(nn.Module):
+  """A ResBlock's projection of the timestep embedding to its FiLM scale and shift: nn.Dense's params and init
+  (kernel (in, 2c), bias (2c,)), returned as the two halves, each its own product x·W_half + b_half.
+
+  Not one product then split: XLA:CPU fuses that split of the bias-added product into every per-pixel loop that
+  reads it (the GroupNorm's normalise + FiLM + SiLU pass), which then runs several times slower (8x32x32x256,
+  one thread: 11-14 ms against 2.4-3.0 ms; the DDIM sampler's GroupNorm time halved). Equal to the split of
+  nn.Dense's output up to float rounding.
+  """
+  features: int    # 2c
+  fan_in: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", _torch_kernel_init(), (x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", _torch_bias_init(self.fan_in), (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    half = self.features // 2
+    return x @ kernel[:, :half] + bias[:half], x @ kernel[:, half:] + bias[half:]
+
+
 def _conv(features: int, in_channels: int, dtype, name: str, kernel: int = 3, stride: int = 1,
           zero: bool = False, conv_fn: ConvFn = jax.lax.conv_general_dilated) -> nn.Conv:
   pad = kernel // 2
@@ -158,11 +180,11 @@ class ResBlock(nn.Module):
       h, x = _avg_pool(h), _avg_pool(x)
     h = _conv(self.out_channels, self.in_channels, self.dtype, "in_conv", conv_fn=self.conv)(h)
 
-    emb_width = 2 * self.out_channels if self.use_scale_shift_norm else self.out_channels
-    emb_out = _dense(emb_width, self.emb_channels, self.dtype, "emb_proj")(nn.silu(emb))
     if self.use_scale_shift_norm:
-      h = GroupNorm32(silu=True, name="out_norm")(h, *jnp.split(emb_out, 2, axis=-1))
+      scale_shift = ScaleShiftProjection(2 * self.out_channels, self.emb_channels, self.dtype, name="emb_proj")
+      h = GroupNorm32(silu=True, name="out_norm")(h, *scale_shift(nn.silu(emb)))
     else:
+      emb_out = _dense(self.out_channels, self.emb_channels, self.dtype, "emb_proj")(nn.silu(emb))
       h = GroupNorm32(silu=True, name="out_norm")(h + emb_out.astype(h.dtype)[:, None, None, :])
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = _conv(self.out_channels, self.out_channels, self.dtype, "out_conv", zero=True, conv_fn=self.conv)(h)
