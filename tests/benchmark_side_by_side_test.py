@@ -219,6 +219,7 @@ class DriverTest(absltest.TestCase):
     self.assertEqual(results["threads"], 1)
     system = results["workers"]["jax"]["system"]
     self.assertLen(system["cpus"], 1)   # the worker was pinned before JAX started
+    self.assertTrue(system["malloc_reuses_freed_memory"])   # a CPU-only run on glibc (xla_cpu.reuse_freed_memory)
     self.assertLen(results["rounds"], 2)
     self.assertEqual(results["rounds"][0]["train"]["jax"]["measurements"], 2)
     summary = results["summary"]
@@ -227,6 +228,7 @@ class DriverTest(absltest.TestCase):
     self.assertNotIn("ratios", summary["train"])   # no reference given
     self.assertIn("Host CPU:", proc.stdout)
     self.assertIn("XLA_FLAGS=", proc.stdout)
+    self.assertIn("malloc keeps freed memory: yes", proc.stdout)
 
 
 if __name__ == "__main__":
