@@ -394,8 +394,8 @@ def format_report(results: dict) -> str:
            + (f", {s['cpu_model']}, {s['cpu_count']} cores" if s["platform"] == "cpu" else "") + ")",
            f"Data: {results['data_note']}.",
            f"Host: {s['cpu_model'] or 'unknown CPU'}, {s.get('cpu_threads') or s['cpu_count']} thread(s) of "
-           f"{s['cpu_count']} CPUs; XLA_FLAGS={s['xla_flags'] or '(none)'}; "
-           f"malloc keeps freed memory: {'yes' if s.get('malloc_reuses_freed_memory') else 'no'}; jax {s['jax_version']}.",
+           f"{s['cpu_count']} CPUs; XLA_FLAGS={s['xla_flags'] or '(none)'}; malloc keeps freed memory: "
+           f"{'yes' if s.get('malloc_reuses_freed_memory') else 'no'}; jax {s['jax_version']}.",
            f"Load average (1/5/15 min) at start {s['load_average_start'][0]:.2f}/{s['load_average_start'][1]:.2f}/"
            f"{s['load_average_start'][2]:.2f}, at end {s['load_average_end'][0]:.2f}/"
            f"{s['load_average_end'][1]:.2f}/{s['load_average_end'][2]:.2f}.",

@@ -111,13 +111,14 @@ def reuse_freed_memory(environ=os.environ, libc=None) -> bool:
   XLA:CPU allocates each execution's temporary buffer with malloc (1.1 GB per device for the CIFAR-10 train step
   at batch 32 over two devices). glibc serves a size that large from a fresh mmap and unmaps it on free, so each
   step faults its temporaries in anew, a page at a time, and the kernel zero-fills every page: half a million
-  faults and about a fifth of the step's CPU time as kernel time (AMD EPYC, 2 vCPUs, 2026-12-02). With one malloc
-  arena (XLA's threads would otherwise get arenas of their own, which fall back to mmap for large sizes), no mmap
-  and no trimming, freed buffers return to the heap and stay mapped: no faults after the first step. The cost is
-  that the process keeps its peak memory. Must run before JAX starts its backend: a thread picks its malloc arena
-  at its first allocation. Accelerator hosts are left alone (their host threads, e.g. input pipelines, would
-  share one arena for nothing), and so is a user's own malloc setting (any MALLOC_* variable or glibc.malloc
-  tunable in the environment; e.g. MALLOC_ARENA_MAX=8 keeps glibc's defaults).
+  faults and 1.1-1.3 s of kernel time per step; without them the step ran 1.57x as fast (AMD EPYC, 2 vCPUs,
+  2026-12-02; the README's throughput section). With one malloc arena (XLA's threads would otherwise get arenas of
+  their own, which fall back to mmap for large sizes), no mmap and no trimming, freed buffers return to the heap
+  and stay mapped: no faults after the first step. The cost is that the process keeps its peak memory. Must run
+  before JAX starts its backend: a thread picks its malloc arena at its first allocation. Accelerator hosts are
+  left alone (their host threads, e.g. input pipelines, would share one arena for nothing), and so is a user's own
+  malloc setting (any MALLOC_* variable or glibc.malloc tunable in the environment; e.g. MALLOC_ARENA_MAX=8 keeps
+  glibc's defaults).
   """
   global _reusing_freed_memory
   users_choice = any(k.startswith("MALLOC_") for k in environ) or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
